@@ -1,0 +1,63 @@
+# Everything runs from a fresh clone with only Python >= 3.11 and make installed:
+# the first target that needs the environment creates .venv and installs into it.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PY     := $(BIN)/python
+STAMP  := $(VENV)/.installed
+PROTOS := $(wildcard protos/allocation/v1/*.proto)
+
+# Overridable demo settings for `make run` (see README).
+export REPORT_INTERVAL ?= 10
+export SPLIT_INTERVAL  ?= 30
+export FILL_RATE       ?= 1
+export ACCOUNTS        ?= 5
+export FILL_SERVERS    ?= 1
+
+.PHONY: all venv protos check-protos lint test run bench clean
+
+all: test
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+		{ echo "Python >= 3.11 is required ($(PYTHON) is too old)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# Regenerates the committed stubs: messages, gRPC services and typed .pyi stubs (mypy-protobuf).
+protos: $(STAMP)
+	rm -rf generated/allocation
+	mkdir -p generated
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(PY) -m grpc_tools.protoc -I protos \
+		--python_out=generated --grpc_python_out=generated \
+		--mypy_out=generated --mypy_grpc_out=generated $(PROTOS)
+	touch generated/allocation/__init__.py generated/allocation/v1/__init__.py \
+		generated/allocation/py.typed
+
+# Fails when the committed stubs differ from what the pinned tools generate.
+check-protos: protos
+	@git diff --exit-code --stat -- generated/ && \
+	 test -z "$$(git status --porcelain --untracked-files=all -- generated/)" || \
+	 { echo "generated/ is stale: run 'make protos' and commit the result"; exit 1; }
+
+lint: $(STAMP)
+	cd protos && ../$(BIN)/buf lint && ../$(BIN)/buf format --diff --exit-code
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: check-protos lint
+	$(BIN)/pytest -q
+
+run: $(STAMP)
+	$(BIN)/honcho -f Procfile start
+
+bench: $(STAMP)
+	$(PY) -m benchmarks
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis build *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
