@@ -1,0 +1,71 @@
+"""`python -m benchmarks [engine|all]`: print the tables and write them as JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from benchmarks import engine
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def run_engine(console: Console, quick: bool) -> dict[str, object]:
+    """Engine time per fill (against the baseline) and quality (against the baseline)."""
+    timing = Table(title="Allocation time per fill (median of 3 rounds; baseline in the same run)")
+    for column in ("accounts", "Q", "engine ms", "baseline ms", "engine / baseline", "target"):
+        timing.add_column(column, justify="right")
+    targets = {(10_000, 1_000_000): "<= 2 ms", (100_000, 1_000_000): "<= 50 ms"}
+    timing_rows = []
+    for accounts in (10, 1_000, 10_000, 100_000):
+        for quantity in (100, 1_000_000):
+            fills = 20 if quick else max(30, min(2_000, 2_000_000 // accounts))
+            row = engine.time_per_fill(accounts, quantity, fills)
+            timing_rows.append(row)
+            timing.add_row(
+                f"{accounts:,}",
+                f"{quantity:,}",
+                f"{row.engine_ms:.3f}",
+                f"{row.baseline_ms:.3f}",
+                f"{row.engine_ms / row.baseline_ms:.1f}x",
+                targets.get((accounts, quantity), ""),
+            )
+    console.print(timing)
+    table = Table(title="Quality: mean over the stream of max_i |V_i - w_i T| / T (bps)")
+    for column in ("scenario", "engine bps", "baseline bps", "baseline / engine"):
+        table.add_column(column, justify="right")
+    quality_rows = [engine.quality(s, fills=500 if quick else 3000) for s in ("static", "drifting")]
+    for q in quality_rows:
+        table.add_row(
+            q.scenario,
+            f"{q.engine_bps:.3f}",
+            f"{q.baseline_bps:.3f}",
+            f"{q.baseline_bps / q.engine_bps:.1f}x",
+        )
+    console.print(table)
+    return {
+        "timing": [asdict(r) for r in timing_rows],
+        "quality": [asdict(q) for q in quality_rows],
+    }
+
+
+def main() -> None:
+    """Run the selected benchmarks, print tables, write benchmarks/results/<name>.json."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("which", nargs="?", default="all", choices=["engine", "all"])
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions (smoke run)")
+    args = parser.parse_args()
+    console = Console()
+    RESULTS.mkdir(exist_ok=True)
+    if args.which in ("engine", "all"):
+        result = run_engine(console, args.quick)
+        (RESULTS / "engine.json").write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

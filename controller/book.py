@@ -1,0 +1,394 @@
+"""The allocation book: every account's positions and values, and the allocation rule.
+
+The rule (product definition). Account i has net cost value V_i (buys minus sells at fill
+prices); T = sum V_i; the split in force gives weights w_i = p_i / S (micro-percent over their
+sum). A buy of Q shares at price P gives x_i >= 0 shares with sum x_i = Q minimising
+sum_i (V_i + P x_i - w_i (T + P Q))^2, only to accounts with w_i > 0. A sell minimises
+sum_i (V_i - P x_i - w_i (T - P Q))^2 with 0 <= x_i <= account i's position, from any holder.
+Both objectives are separable and convex, so taking the best share slots one at a time is
+exactly optimal; ``controller.waterfill`` finds the same slots without looping over Q.
+
+Exactness. Multiplying the objective by S^2 makes every term an integer: the buy slot values
+are a_i - S P k with a_i = p_i T' - S V_i. Writing a_i = S h_i + r_i (0 <= r_i < S) keeps all
+numbers inside int64 while the book's gross traded value stays below ``GROSS_LIMIT``; a share
+lowers only h_i, by P.
+
+Ties. Slots of equal value are ordered by ``mix64(account_hash ^ fill_hash)``: a per-fill
+pseudo-random but reproducible order, so remainders do not always favour the same account and
+replaying the same events yields identical allocations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from controller.domain import Allocation, Fill, Rejected, RejectReason, Side, Split
+from controller.money import divide_half_even
+from controller.waterfill import (
+    Int64Array,
+    UInt64Array,
+    allocate_small,
+    allocate_vector,
+    mix64,
+    mix64_array,
+    stable_hash64,
+)
+
+# Gross traded value (sum of price * quantity of all fills, micro-units) a book can carry:
+# about 1.15e12 in price units. It bounds every intermediate of the int64 arithmetic.
+GROSS_LIMIT = 1 << 60
+# Up to this many eligible accounts the exact Python path is faster than numpy's overhead.
+SMALL_BOOK = 48
+
+
+@dataclass(frozen=True, slots=True)
+class PositionRow:
+    """One account's holding of one ticker: shares and net cost value (micro-units)."""
+
+    account: str
+    ticker: str
+    quantity: int
+    value: int
+
+
+@dataclass(frozen=True, slots=True)
+class AccountState:
+    """One account in a snapshot; amounts in micro-units, percents in micro-percent."""
+
+    account: str
+    target_micro_percent: int
+    actual_micro_percent: int
+    value: int
+    market_value: int
+    deviation: int
+    positions: tuple[tuple[str, int, int, int], ...]
+    """(ticker, quantity, cost value, market value) for every ticker the account holds."""
+
+
+@dataclass(frozen=True, slots=True)
+class BookSnapshot:
+    """Everything a position report shows, as exact integers."""
+
+    split_id: str
+    fill_count: int
+    pending_count: int
+    total_value: int
+    total_market_value: int
+    accounts: tuple[AccountState, ...]
+    tickers: tuple[tuple[str, int, int], ...]
+    """(ticker, net quantity, last price) for every ticker ever allocated."""
+
+
+class Book:
+    """Positions of all accounts, the split in force, and the fills still waiting for a split."""
+
+    def __init__(self, tickers: Sequence[str], small_book: int = SMALL_BOOK) -> None:
+        """A book over ``tickers``; ``small_book`` is the eligible-account count up to which the
+        pure-Python path is used (both paths give identical results)."""
+        self._small_book = small_book
+        self._tickers = tuple(tickers)
+        self._names: list[str] = []
+        self._name_array = np.zeros(0, dtype=object)
+        self._index: dict[str, int] = {}
+        self._value = np.zeros(0, dtype=np.int64)
+        self._weight = np.zeros(0, dtype=np.int64)
+        self._account_hash = np.zeros(0, dtype=np.uint64)
+        self._quantity = {t: np.zeros(0, dtype=np.int64) for t in self._tickers}
+        self._ticker_value = {t: np.zeros(0, dtype=np.int64) for t in self._tickers}
+        self._ticker_total = dict.fromkeys(self._tickers, 0)
+        self._last_price: dict[str, int] = {}
+        self._split: Split | None = None
+        self._weight_total = 0
+        self._total = 0
+        self._gross = 0
+        self._fill_count = 0
+        self._pending: list[Fill] = []
+        self._pending_net = dict.fromkeys(self._tickers, 0)
+
+    @property
+    def tickers(self) -> tuple[str, ...]:
+        """The ticker universe this book accepts."""
+        return self._tickers
+
+    @property
+    def split(self) -> Split | None:
+        """The split in force, or None before the first one."""
+        return self._split
+
+    @property
+    def fill_count(self) -> int:
+        """Fills allocated so far (pending fills excluded)."""
+        return self._fill_count
+
+    @property
+    def pending(self) -> tuple[Fill, ...]:
+        """Fills held until the first split, in arrival order."""
+        return tuple(self._pending)
+
+    def check(self, fill: Fill) -> None:
+        """Raise ``Rejected`` if ``fill`` cannot be applied now; changes nothing."""
+        if fill.ticker not in self._quantity:
+            raise Rejected(
+                RejectReason.INVALID_ARGUMENT,
+                "fill.ticker",
+                f"fill.ticker {fill.ticker!r} is not in the universe {list(self._tickers)}",
+            )
+        if self._gross + fill.value >= GROSS_LIMIT:
+            raise Rejected(
+                RejectReason.LIMIT_EXCEEDED,
+                "fill.quantity",
+                f"fill {fill.fill_id!r} would take the book's gross traded value past its limit",
+            )
+        if fill.side is Side.SELL:
+            held = self._ticker_total[fill.ticker] + self._pending_net[fill.ticker]
+            if fill.quantity > held:
+                raise Rejected(
+                    RejectReason.INSUFFICIENT_HOLDINGS,
+                    "fill.quantity",
+                    f"fill.quantity {fill.quantity} sells more {fill.ticker} than the accounts"
+                    f" hold ({held})",
+                )
+
+    def submit(self, fill: Fill) -> Allocation:
+        """Allocate ``fill`` (or hold it as pending before the first split); final once returned.
+
+        Raises ``Rejected`` (and changes nothing) for an unknown ticker, an oversell, or a fill
+        past the book's value limit.
+        """
+        self.check(fill)
+        if self._split is None:
+            self._pending.append(fill)
+            signed = fill.quantity if fill.side is Side.BUY else -fill.quantity
+            self._pending_net[fill.ticker] += signed
+            self._gross += fill.value
+            return Allocation(fill=fill, split_id="")
+        return self._allocate(fill)
+
+    def set_split(self, split: Split) -> list[Allocation]:
+        """Put ``split`` in force for every later fill; returns the pending fills it releases."""
+        if split.total <= 0:
+            raise Rejected(
+                RejectReason.INVALID_ARGUMENT, "split.percentages", "percentages sum to 0"
+            )
+        self._add_accounts(split.percents)
+        weight = np.zeros(len(self._names), dtype=np.int64)
+        for name, percent in split.percents.items():
+            weight[self._index[name]] = percent
+        self._weight = weight
+        self._weight_total = split.total
+        self._split = split
+        released, self._pending = self._pending, []
+        self._pending_net = dict.fromkeys(self._tickers, 0)
+        for fill in released:
+            self._gross -= fill.value
+        return [self._allocate(fill) for fill in released]
+
+    def _add_accounts(self, names: Iterable[str]) -> None:
+        """Give new accounts zeroed state, keeping every array in account-name order.
+
+        Name order makes allocations come out sorted and indices reproducible; re-indexing
+        costs O(N) but happens only when a split brings new accounts.
+        """
+        new = set(names) - self._index.keys()
+        if not new:
+            return
+        merged = sorted([*self._names, *new])
+        index = {name: i for i, name in enumerate(merged)}
+        old_positions = np.array([index[name] for name in self._names], dtype=np.intp)
+
+        def grown(array: npt.NDArray[Any]) -> npt.NDArray[Any]:
+            result = np.zeros(len(merged), dtype=array.dtype)
+            result[old_positions] = array
+            return result
+
+        new_positions = np.array([index[name] for name in new], dtype=np.intp)
+        self._account_hash = grown(self._account_hash)
+        self._account_hash[new_positions] = [stable_hash64(name) for name in new]
+        self._value = grown(self._value)
+        self._weight = grown(self._weight)
+        for ticker in self._tickers:
+            self._quantity[ticker] = grown(self._quantity[ticker])
+            self._ticker_value[ticker] = grown(self._ticker_value[ticker])
+        self._names = merged
+        self._name_array = np.array(merged, dtype=object)
+        self._index = index
+
+    def _allocate(self, fill: Fill) -> Allocation:
+        """Allocate a fill that ``check`` accepted (at submission, or while it was pending)."""
+        assert self._split is not None
+        weights = self._weight
+        buy = fill.side is Side.BUY
+        caps = (
+            np.where(weights > 0, fill.quantity, 0).astype(np.int64)
+            if buy
+            else self._quantity[fill.ticker]
+        )
+        new_total = self._total + fill.value if buy else self._total - fill.value
+        fill_hash = stable_hash64(fill.fill_id)
+        if int(np.count_nonzero(caps)) <= self._small_book:
+            shares = self._shares_small(fill, caps, new_total, fill_hash, buy)
+        else:
+            shares = self._shares_vector(fill, caps, new_total, fill_hash, buy)
+        return self._apply(fill, shares, new_total)
+
+    def _shares_small(
+        self, fill: Fill, caps: Int64Array, new_total: int, fill_hash: int, buy: bool
+    ) -> Int64Array:
+        eligible = np.flatnonzero(caps).tolist()
+        weights = self._weight[eligible].tolist()
+        values = self._value[eligible].tolist()
+        hashes = self._account_hash[eligible].tolist()
+        scale = self._weight_total
+        direction = 1 if buy else -1
+        scores = [
+            direction * (w * new_total - scale * v) for w, v in zip(weights, values, strict=True)
+        ]
+        keys = [mix64(h ^ fill_hash) for h in hashes]
+        picked = allocate_small(
+            scores, caps[eligible].tolist(), scale * fill.price, fill.quantity, keys
+        )
+        shares = np.zeros(len(self._names), dtype=np.int64)
+        shares[eligible] = picked
+        return shares
+
+    def _shares_vector(
+        self, fill: Fill, caps: Int64Array, new_total: int, fill_hash: int, buy: bool
+    ) -> Int64Array:
+        scale = self._weight_total
+        weights = self._weight
+        # p_i * T' = S * q_i + r_i computed without overflow via T' = A * S + B.
+        whole, part = divmod(new_total, scale)
+        scaled = weights * part
+        quotient = weights * whole + scaled // scale
+        remainder = scaled % scale
+        if buy:
+            head = quotient - self._value
+            frac = remainder
+        else:
+            # The excess S V_i - p_i T' = S (V_i - q_i - 1) + (S - r_i) when r_i > 0.
+            borrow = (remainder > 0).astype(np.int64)
+            head = self._value - quotient - borrow
+            frac = (scale - remainder) % scale
+        account_hash = self._account_hash
+        seed = np.uint64(fill_hash)
+
+        def keys_of(indices: npt.NDArray[np.intp]) -> UInt64Array:
+            return mix64_array(account_hash[indices] ^ seed)
+
+        return allocate_vector(head, frac, caps, fill.price, fill.quantity, keys_of)
+
+    def _apply(self, fill: Fill, shares: Int64Array, new_total: int) -> Allocation:
+        receivers = np.flatnonzero(shares)
+        quantities = shares[receivers]
+        signed = quantities if fill.side is Side.BUY else -quantities
+        self._value[receivers] += signed * fill.price
+        self._quantity[fill.ticker][receivers] += signed
+        self._ticker_value[fill.ticker][receivers] += signed * fill.price
+        self._ticker_total[fill.ticker] += int(signed.sum())
+        self._total = new_total
+        self._gross += fill.value
+        self._fill_count += 1
+        self._last_price[fill.ticker] = fill.price
+        assert self._split is not None
+        return Allocation(
+            fill=fill,
+            split_id=self._split.split_id,
+            accounts=tuple(self._name_array[receivers].tolist()),
+            quantities=tuple(quantities.tolist()),
+        )
+
+    def restore(
+        self,
+        positions: Iterable[PositionRow],
+        split: Split | None,
+        fill_count: int,
+        gross: int,
+        last_prices: dict[str, int],
+        pending: Iterable[Fill],
+    ) -> None:
+        """Load state aggregated from a journal into this new, empty book.
+
+        ``gross`` covers the allocated fills only; ``pending`` fills are submitted again.
+        """
+        if self._names or self._fill_count:
+            raise RuntimeError("restore() needs an empty book")
+        rows = list(positions)
+        if split is not None:
+            self.set_split(split)
+        self._add_accounts(row.account for row in rows)
+        for row in rows:
+            i = self._index[row.account]
+            self._quantity[row.ticker][i] += row.quantity
+            self._ticker_value[row.ticker][i] += row.value
+            self._value[i] += row.value
+            self._ticker_total[row.ticker] += row.quantity
+            self._total += row.value
+        self._fill_count = fill_count
+        self._gross = gross
+        self._last_price = dict(last_prices)
+        for fill in pending:
+            self.submit(fill)
+
+    @property
+    def gross(self) -> int:
+        """Gross traded value of all accepted fills (micro-units), bounded by ``GROSS_LIMIT``."""
+        return self._gross
+
+    @property
+    def last_prices(self) -> dict[str, int]:
+        """Price of the most recent allocated fill per ticker (micro-units)."""
+        return dict(self._last_price)
+
+    def snapshot(self) -> BookSnapshot:
+        """Exact state for a position report: accounts in the split or holding, by name."""
+        total = self._total
+        scale = self._weight_total or 1
+        accounts: list[AccountState] = []
+        total_market = 0
+        for i, name in enumerate(self._names):
+            weight = int(self._weight[i])
+            positions = []
+            market = 0
+            for ticker in self._tickers:
+                quantity = int(self._quantity[ticker][i])
+                cost = int(self._ticker_value[ticker][i])
+                if quantity == 0 and cost == 0:
+                    continue
+                ticker_market = quantity * self._last_price.get(ticker, 0)
+                market += ticker_market
+                positions.append((ticker, quantity, cost, ticker_market))
+            if weight == 0 and not positions:
+                continue
+            value = int(self._value[i])
+            total_market += market
+            accounts.append(
+                AccountState(
+                    account=name,
+                    target_micro_percent=divide_half_even(weight * 100_000_000, scale),
+                    actual_micro_percent=(
+                        divide_half_even(value * 100_000_000, total) if total else 0
+                    ),
+                    value=value,
+                    market_value=market,
+                    deviation=divide_half_even(value * scale - weight * total, scale),
+                    positions=tuple(positions),
+                )
+            )
+        tickers = tuple(
+            (ticker, self._ticker_total[ticker], self._last_price[ticker])
+            for ticker in sorted(self._last_price)
+        )
+        return BookSnapshot(
+            split_id=self._split.split_id if self._split else "",
+            fill_count=self._fill_count,
+            pending_count=len(self._pending),
+            total_value=total,
+            total_market_value=total_market,
+            accounts=tuple(accounts),
+            tickers=tickers,
+        )

@@ -1,0 +1,89 @@
+"""Domain records of the allocation engine: fills, splits, allocations and their errors.
+
+Amounts are integers in micro-units (see ``controller.money``); nothing here knows about gRPC.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class Side(enum.Enum):
+    """Direction of a fill."""
+
+    BUY = "buy"
+    SELL = "sell"
+
+
+@dataclass(frozen=True, slots=True)
+class Fill:
+    """A validated execution: price in micro-units per share, quantity in whole shares."""
+
+    fill_id: str
+    ticker: str
+    price: int
+    quantity: int
+    side: Side = Side.BUY
+    execute_time_ns: int | None = None
+
+    @property
+    def value(self) -> int:
+        """Price times quantity, in micro-units."""
+        return self.price * self.quantity
+
+
+@dataclass(frozen=True, slots=True)
+class Split:
+    """An account split: account -> micro-percent (> 0 weights sum to 100 % within tolerance)."""
+
+    split_id: str
+    percents: dict[str, int] = field(hash=False)
+    effective_time_ns: int | None = None
+
+    @property
+    def total(self) -> int:
+        """Sum of the micro-percents; each account's weight is its percent over this sum."""
+        return sum(self.percents.values())
+
+
+@dataclass(frozen=True, slots=True)
+class Allocation:
+    """Whole shares of one fill per account (non-zero only, sorted by account).
+
+    ``split_id`` is empty and there are no accounts while the fill is pending (no split yet).
+    """
+
+    fill: Fill
+    split_id: str
+    accounts: tuple[str, ...] = ()
+    quantities: tuple[int, ...] = ()
+
+    @property
+    def shares(self) -> tuple[tuple[str, int], ...]:
+        """(account, shares) pairs, sorted by account."""
+        return tuple(zip(self.accounts, self.quantities, strict=True))
+
+    @property
+    def pending(self) -> bool:
+        """True while the fill waits for the first split."""
+        return not self.split_id
+
+
+class RejectReason(enum.Enum):
+    """Why a fill or split was refused; the services map these to gRPC codes."""
+
+    INVALID_ARGUMENT = "invalid_argument"
+    INSUFFICIENT_HOLDINGS = "insufficient_holdings"
+    CONFLICTING_DUPLICATE = "conflicting_duplicate"
+    LIMIT_EXCEEDED = "limit_exceeded"
+
+
+class Rejected(Exception):
+    """A fill or split that changes nothing, with the field and value that caused it."""
+
+    def __init__(self, reason: RejectReason, field: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.field = field
+        self.message = message

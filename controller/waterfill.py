@@ -1,0 +1,170 @@
+"""Exact whole-share water-filling: which accounts get the shares of one fill.
+
+Both functions solve the same problem. Account i offers a decreasing run of "slots"
+``score_i - step * k`` for ``k = 0 .. cap_i - 1``; the allocation takes the ``q`` best slots over
+all accounts, and ``x_i`` is how many of account i's slots were taken. Slots are ordered by value,
+then by a per-fill tie key (smaller key first), so the answer is unique. Taking the best slots one
+at a time is the unit greedy, which is exactly optimal for the separable convex objective of the
+allocation (see ``controller.book``); these functions reach the same answer without a loop over q.
+
+``allocate_small`` works on Python integers of any size and suits a handful of accounts;
+``allocate_vector`` works on numpy int64 arrays in time independent of ``q`` and suits large
+books. Floats never decide anything: every comparison is on exact integers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+Int64Array = npt.NDArray[np.int64]
+UInt64Array = npt.NDArray[np.uint64]
+
+_MASK64 = (1 << 64) - 1
+_MIX1 = 0xBF58476D1CE4E5B9
+_MIX2 = 0x94D049BB133111EB
+
+
+def stable_hash64(text: str) -> int:
+    """A 64-bit hash of text that is the same in every process and Python version."""
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
+
+
+def mix64(value: int) -> int:
+    """The splitmix64 finaliser: a bijection on 64-bit integers that scrambles all bits."""
+    value = ((value ^ (value >> 30)) * _MIX1) & _MASK64
+    value = ((value ^ (value >> 27)) * _MIX2) & _MASK64
+    return value ^ (value >> 31)
+
+
+def mix64_array(values: UInt64Array) -> UInt64Array:
+    """``mix64`` over a uint64 array (multiplication wraps modulo 2**64 as in ``mix64``)."""
+    values = values ^ (values >> np.uint64(30))
+    values = values * np.uint64(_MIX1)
+    values = values ^ (values >> np.uint64(27))
+    values = values * np.uint64(_MIX2)
+    return values ^ (values >> np.uint64(31))
+
+
+def allocate_small(
+    scores: Sequence[int], caps: Sequence[int], step: int, q: int, keys: Sequence[int]
+) -> list[int]:
+    """Take the ``q`` best slots; exact on Python integers. Requires ``sum(caps) >= q``.
+
+    Caps are handled by the classic fixing rule: an account whose uncapped share exceeds its cap
+    is at its cap in the capped optimum too, because removing slots can only lower the threshold.
+    """
+    shares = [0] * len(scores)
+    free = [i for i, cap in enumerate(caps) if cap > 0]
+    remaining = q
+    while remaining > 0:
+        uncapped = _uncapped_small(scores, free, step, remaining, keys)
+        saturated = [i for i in free if uncapped[i] > caps[i]]
+        if not saturated:
+            for i in free:
+                shares[i] = uncapped[i]
+            return shares
+        for i in saturated:
+            shares[i] = caps[i]
+            remaining -= caps[i]
+        saturated_set = set(saturated)
+        free = [i for i in free if i not in saturated_set]
+    return shares
+
+
+def _uncapped_small(
+    scores: Sequence[int], free: Sequence[int], step: int, q: int, keys: Sequence[int]
+) -> dict[int, int]:
+    """Uncapped water-filling over ``free``: continuous threshold, floors, then remainders."""
+    order = sorted(free, key=lambda i: (-scores[i], keys[i]))
+    prefix = 0
+    active, active_sum = 0, 0
+    for count, i in enumerate(order, start=1):
+        prefix += scores[i]
+        # The threshold t_k = (prefix_k - step*q) / k is valid while the k-th score is above it.
+        if count * scores[i] > prefix - step * q:
+            active, active_sum = count, prefix
+        else:
+            break
+    # Threshold t = numerator / active; each active account takes floor((score - t) / step).
+    numerator = active_sum - step * q
+    shares = dict.fromkeys(free, 0)
+    given = 0
+    for i in order[:active]:
+        shares[i] = (active * scores[i] - numerator) // (active * step)
+        given += shares[i]
+    # Fewer than `active` shares remain; each goes to a different account with the largest
+    # residual slot, and every floor slot strictly beats every residual slot.
+    leftover = q - given
+    if leftover:
+        by_residual = sorted(free, key=lambda i: (step * shares[i] - scores[i], keys[i]))
+        for i in by_residual[:leftover]:
+            shares[i] += 1
+    return shares
+
+
+def allocate_vector(
+    head: Int64Array,
+    frac: Int64Array,
+    caps: Int64Array,
+    step: int,
+    q: int,
+    keys_of: Callable[[npt.NDArray[np.intp]], UInt64Array],
+) -> Int64Array:
+    """Take the ``q`` best slots where a slot's value is ``(head_i - step*k, frac_i)``.
+
+    Values compare as pairs: ``head`` first, then ``frac`` (the pair stands for the integer
+    ``head * D + frac`` for any ``D > max(frac)``). ``keys_of(indices)`` returns tie keys for the
+    accounts that meet at the threshold, so keys are computed only where a tie can occur.
+    Requires ``sum(caps) >= q``, and magnitudes below 2**61 so that int64 never overflows.
+    """
+    live = np.flatnonzero(caps > 0)
+    live_caps = caps[live]
+    result = np.zeros(len(head), dtype=np.int64)
+    if int(live_caps.sum()) == q:
+        result[live] = live_caps
+        return result
+    live_head = head[live]
+
+    def count_above(level: int) -> tuple[Int64Array, int]:
+        """Slots of each account strictly above ``level`` (in head units), and their total."""
+        gap = live_head - level
+        above = np.minimum(np.maximum((gap + (step - 1)) // step, 0), live_caps)
+        return above, int(above.sum())
+
+    # Find the smallest integer level with at most q slots strictly above it.
+    # Invariant: count(low) > q >= count(high).
+    high = int(live_head.max())
+    low = int(live_head.min()) - step * (q + 1)
+    count_low, count_high = count_above(low)[1], 0
+    bisect_next = False
+    while high - low > 1:
+        if bisect_next:
+            probe = (low + high) // 2
+        else:
+            # Secant guess on the piecewise-linear count; floats only choose where to probe.
+            span = count_low - count_high
+            probe = high - int((high - low) * ((q - count_high) / span))
+            probe = min(max(probe, low + 1), high - 1)
+        count = count_above(probe)[1]
+        previous_width = high - low
+        if count > q:
+            low, count_low = probe, count
+        else:
+            high, count_high = probe, count
+        # Fall back to bisection whenever the secant step failed to halve the bracket.
+        bisect_next = not bisect_next and (high - low) * 2 > previous_width
+    threshold = high
+    base, taken = count_above(threshold)
+    leftover = q - taken
+    if leftover:
+        # Accounts whose next slot sits exactly at the threshold compete by frac, then tie key.
+        at_threshold = np.flatnonzero((base < live_caps) & (live_head - step * base == threshold))
+        tie_keys = keys_of(live[at_threshold])
+        order = np.lexsort((tie_keys, -frac[live[at_threshold]]))
+        base[at_threshold[order[:leftover]]] += 1
+    result[live] = base
+    return result
