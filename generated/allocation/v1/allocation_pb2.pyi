@@ -86,6 +86,10 @@ class _RejectionReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Rejec
     """A sell for more shares than the accounts hold in that ticker (unary: FAILED_PRECONDITION)."""
     REJECTION_REASON_CONFLICTING_DUPLICATE: _RejectionReason.ValueType  # 3
     """The id was used before with different content (unary: ALREADY_EXISTS)."""
+    REJECTION_REASON_LIMIT_EXCEEDED: _RejectionReason.ValueType  # 4
+    """The fill would take the journal's gross traded value (sum of price x quantity of all
+    fills) past its limit of about 1.15e12 (unary: FAILED_PRECONDITION). Start a new journal.
+    """
 
 class RejectionReason(_RejectionReason, metaclass=_RejectionReasonEnumTypeWrapper):
     """Why a fill or split sent on a stream was refused. A refused message changes nothing."""
@@ -98,6 +102,10 @@ REJECTION_REASON_INSUFFICIENT_HOLDINGS: RejectionReason.ValueType  # 2
 """A sell for more shares than the accounts hold in that ticker (unary: FAILED_PRECONDITION)."""
 REJECTION_REASON_CONFLICTING_DUPLICATE: RejectionReason.ValueType  # 3
 """The id was used before with different content (unary: ALREADY_EXISTS)."""
+REJECTION_REASON_LIMIT_EXCEEDED: RejectionReason.ValueType  # 4
+"""The fill would take the journal's gross traded value (sum of price x quantity of all
+fills) past its limit of about 1.15e12 (unary: FAILED_PRECONDITION). Start a new journal.
+"""
 Global___RejectionReason: _TypeAlias = RejectionReason  # noqa: Y015
 
 @_typing.final

@@ -1,0 +1,261 @@
+"""The controller's durable journal: SQLite in WAL mode, one writer.
+
+Every accepted fill (with its allocation), every split and the running per-account positions are
+written in one transaction per group of requests, and committed before any of them is
+acknowledged. Positions and counters are kept aggregated, so recovery reads O(accounts) rows,
+not the history; fills are looked up by id on demand, so memory does not grow with the journal.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Collection, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from controller.book import PositionRow
+from controller.domain import Allocation, Fill, Side, Split
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS fills (
+    fill_id TEXT PRIMARY KEY,
+    sequence INTEGER NOT NULL UNIQUE,
+    ticker TEXT NOT NULL,
+    price INTEGER NOT NULL,
+    quantity INTEGER NOT NULL,
+    sell INTEGER NOT NULL,
+    execute_time_ns INTEGER,
+    split_id TEXT,
+    accounts TEXT,
+    quantities TEXT
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS fills_pending ON fills (sequence) WHERE split_id IS NULL;
+CREATE TABLE IF NOT EXISTS splits (
+    sequence INTEGER PRIMARY KEY,
+    split_id TEXT NOT NULL UNIQUE,
+    percents TEXT NOT NULL,
+    effective_time_ns INTEGER
+);
+CREATE TABLE IF NOT EXISTS positions (
+    account TEXT NOT NULL,
+    ticker TEXT NOT NULL,
+    quantity INTEGER NOT NULL,
+    value INTEGER NOT NULL,
+    PRIMARY KEY (account, ticker)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS last_prices (ticker TEXT PRIMARY KEY, price INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+# Micro-units; JSON keeps the allocation of one fill in one row.
+_FILL_COLUMNS = (
+    "fill_id, sequence, ticker, price, quantity, sell, execute_time_ns, split_id, accounts,"
+    " quantities"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredFill:
+    """A journaled fill: its place in the journal and its allocation (pending if no split)."""
+
+    sequence: int
+    allocation: Allocation
+
+
+@dataclass(frozen=True, slots=True)
+class StoredSplit:
+    """A journaled split and its place in the journal."""
+
+    sequence: int
+    split: Split
+
+
+@dataclass(frozen=True, slots=True)
+class Counters:
+    """Running totals kept with the positions."""
+
+    next_sequence: int = 1
+    fill_count: int = 0
+    gross: int = 0
+    report_sequence: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Recovered:
+    """Everything needed to rebuild the book after a restart."""
+
+    counters: Counters
+    positions: list[PositionRow]
+    split: Split | None
+    last_prices: dict[str, int]
+    pending: list[Fill]
+
+
+@dataclass(slots=True)
+class JournalBatch:
+    """What one group commit writes."""
+
+    new_fills: list[StoredFill] = field(default_factory=list)
+    released: list[Allocation] = field(default_factory=list)
+    splits: list[StoredSplit] = field(default_factory=list)
+    position_deltas: dict[tuple[str, str], list[int]] = field(default_factory=dict)
+    last_prices: dict[str, int] = field(default_factory=dict)
+
+    def add_allocation(self, allocation: Allocation) -> None:
+        """Accumulate the position changes of one allocation."""
+        fill = allocation.fill
+        sign = -1 if fill.side is Side.SELL else 1
+        deltas = self.position_deltas
+        for account, quantity in zip(allocation.accounts, allocation.quantities, strict=True):
+            key = (account, fill.ticker)
+            delta = deltas.get(key)
+            if delta is None:
+                deltas[key] = [sign * quantity, sign * quantity * fill.price]
+            else:
+                delta[0] += sign * quantity
+                delta[1] += sign * quantity * fill.price
+        if allocation.accounts:
+            self.last_prices[fill.ticker] = fill.price
+
+
+class Journal:
+    """SQLite journal; all methods must be called from the single writer thread."""
+
+    def __init__(self, path: Path, synchronous: str = "FULL") -> None:
+        """Open (or create) the journal at ``path``; ``synchronous`` is SQLite's FULL or NORMAL."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(f"PRAGMA synchronous={synchronous}")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        """Close the database (everything written is already committed)."""
+        self._db.close()
+
+    def recover(self) -> Recovered:
+        """Read the aggregated state written by earlier runs."""
+        counters = Counters(**dict(self._db.execute("SELECT name, value FROM counters")))
+        positions = [
+            PositionRow(account, ticker, quantity, value)
+            for account, ticker, quantity, value in self._db.execute(
+                "SELECT account, ticker, quantity, value FROM positions ORDER BY account, ticker"
+            )
+        ]
+        row = self._db.execute(
+            "SELECT sequence, split_id, percents, effective_time_ns FROM splits"
+            " ORDER BY sequence DESC LIMIT 1"
+        ).fetchone()
+        pending = [
+            stored.allocation.fill
+            for stored in self._fills(
+                f"SELECT {_FILL_COLUMNS} FROM fills WHERE split_id IS NULL ORDER BY sequence", ()
+            )
+        ]
+        return Recovered(
+            counters=counters,
+            positions=positions,
+            split=_split_from_row(row).split if row else None,
+            last_prices=dict(self._db.execute("SELECT ticker, price FROM last_prices")),
+            pending=pending,
+        )
+
+    def find_fills(self, fill_ids: Collection[str]) -> dict[str, StoredFill]:
+        """The journaled fills among ``fill_ids``, by id."""
+        if not fill_ids:
+            return {}
+        marks = ",".join("?" * len(fill_ids))
+        query = f"SELECT {_FILL_COLUMNS} FROM fills WHERE fill_id IN ({marks})"
+        return {s.allocation.fill.fill_id: s for s in self._fills(query, tuple(fill_ids))}
+
+    def find_split(self, split_id: str) -> StoredSplit | None:
+        """The journaled split with this id, if any."""
+        row = self._db.execute(
+            "SELECT sequence, split_id, percents, effective_time_ns FROM splits WHERE split_id=?",
+            (split_id,),
+        ).fetchone()
+        return _split_from_row(row) if row else None
+
+    def write(self, batch: JournalBatch, counters: Counters) -> None:
+        """Write one group of events and the new counters in a single committed transaction."""
+        db = self._db
+        db.execute("BEGIN")
+        try:
+            db.executemany(
+                f"INSERT INTO fills ({_FILL_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                [_fill_row(stored) for stored in batch.new_fills],
+            )
+            db.executemany(
+                "UPDATE fills SET split_id=?, accounts=?, quantities=? WHERE fill_id=?",
+                [
+                    (a.split_id, json.dumps(a.accounts), json.dumps(a.quantities), a.fill.fill_id)
+                    for a in batch.released
+                ],
+            )
+            db.executemany(
+                "INSERT INTO splits (sequence, split_id, percents, effective_time_ns)"
+                " VALUES (?,?,?,?)",
+                [
+                    (
+                        s.sequence,
+                        s.split.split_id,
+                        json.dumps(s.split.percents),
+                        s.split.effective_time_ns,
+                    )
+                    for s in batch.splits
+                ],
+            )
+            db.executemany(
+                "INSERT INTO positions (account, ticker, quantity, value) VALUES (?,?,?,?)"
+                " ON CONFLICT (account, ticker) DO UPDATE SET"
+                " quantity = quantity + excluded.quantity, value = value + excluded.value",
+                [(a, t, q, v) for (a, t), (q, v) in batch.position_deltas.items()],
+            )
+            db.executemany(
+                "INSERT OR REPLACE INTO last_prices (ticker, price) VALUES (?,?)",
+                batch.last_prices.items(),
+            )
+            db.executemany(
+                "INSERT OR REPLACE INTO counters (name, value) VALUES (?,?)",
+                [(name, getattr(counters, name)) for name in Counters.__slots__],
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def _fills(self, query: str, parameters: tuple[str, ...]) -> Iterator[StoredFill]:
+        for row in self._db.execute(query, parameters):
+            fill_id, sequence, ticker, price, quantity, sell, time_ns, split_id, accounts, qs = row
+            fill = Fill(fill_id, ticker, price, quantity, Side.SELL if sell else Side.BUY, time_ns)
+            allocation = Allocation(
+                fill=fill,
+                split_id=split_id or "",
+                accounts=tuple(json.loads(accounts)) if accounts else (),
+                quantities=tuple(json.loads(qs)) if qs else (),
+            )
+            yield StoredFill(sequence, allocation)
+
+
+def _fill_row(stored: StoredFill) -> tuple[object, ...]:
+    allocation = stored.allocation
+    fill = allocation.fill
+    pending = allocation.pending
+    return (
+        fill.fill_id,
+        stored.sequence,
+        fill.ticker,
+        fill.price,
+        fill.quantity,
+        int(fill.side is Side.SELL),
+        fill.execute_time_ns,
+        None if pending else allocation.split_id,
+        None if pending else json.dumps(allocation.accounts),
+        None if pending else json.dumps(allocation.quantities),
+    )
+
+
+def _split_from_row(row: tuple[int, str, str, int | None]) -> StoredSplit:
+    sequence, split_id, percents, effective_time_ns = row
+    return StoredSplit(sequence, Split(split_id, json.loads(percents), effective_time_ns))

@@ -1,0 +1,267 @@
+"""The single writer: one total order over fills and splits from every stream, group-committed.
+
+Request handlers (any number of threads) validate their input, hand it to ``Sequencer`` and
+block on a future. The writer thread takes everything queued, applies it to the book in queue
+order, writes it to the journal in one transaction, commits, and only then completes the
+futures: an acknowledgement always means durable, and one commit serves many requests.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
+
+from controller.book import Book, BookSnapshot
+from controller.domain import Allocation, Fill, Rejected, RejectReason, Split
+from controller.journal import Counters, Journal, JournalBatch, StoredFill, StoredSplit
+from controller.metrics import ALLOCATION_SECONDS, JOURNAL_COMMIT_SECONDS
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Requests applied per commit at most; bounds the latency one commit adds to the first request.
+MAX_GROUP = 256
+
+
+@dataclass(frozen=True, slots=True)
+class FillOutcome:
+    """What happened to one fill: a stored allocation (maybe a duplicate) or a rejection."""
+
+    stored: StoredFill | None = None
+    rejection: Rejected | None = None
+    duplicate: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SplitOutcome:
+    """The split's id (assigned if it had none) and whether it was a duplicate."""
+
+    split_id: str
+    duplicate: bool
+
+
+class SequencerStopped(RuntimeError):
+    """The writer is not running (shut down, or stopped by a journal failure)."""
+
+
+@dataclass(slots=True)
+class _Request:
+    apply: Callable[[JournalBatch], Any]
+    future: Future[Any]
+    writes: bool
+
+
+class Sequencer:
+    """Owns the book and the journal; everything that reads or changes them goes through here."""
+
+    def __init__(self, book: Book, journal: Journal) -> None:
+        """Recover the book from the journal; call ``start`` to begin serving."""
+        self._book = book
+        self._journal = journal
+        recovered = journal.recover()
+        counters = recovered.counters
+        pending_gross = sum(fill.value for fill in recovered.pending)
+        book.restore(
+            recovered.positions,
+            recovered.split,
+            counters.fill_count,
+            counters.gross - pending_gross,
+            recovered.last_prices,
+            recovered.pending,
+        )
+        self._counters = counters
+        self._recent: dict[str, StoredFill] = {}
+        self._recent_splits: dict[str, StoredSplit] = {}
+        self._queue: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="sequencer", daemon=True)
+        self._failure: BaseException | None = None
+
+    @property
+    def counters(self) -> Counters:
+        """Counters as of the last commit."""
+        return self._counters
+
+    def start(self) -> None:
+        """Start the writer thread."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Finish everything queued, commit it, and stop the writer thread."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
+    @property
+    def failure(self) -> BaseException | None:
+        """The journal error that stopped the writer, if any."""
+        return self._failure
+
+    def submit_fills(self, items: list[Fill | Rejected]) -> list[FillOutcome]:
+        """Apply validated fills in order (validation failures pass through as rejections)."""
+        return self._call(lambda batch: self._apply_fills(items, batch), writes=True)
+
+    def set_split(self, split: Split) -> SplitOutcome:
+        """Put a split in force; raises ``Rejected`` for a reused id with other percentages."""
+        return self._call(lambda batch: self._apply_split(split, batch), writes=True)
+
+    def snapshot(self) -> BookSnapshot:
+        """The book as of every acknowledged event."""
+        return self._call(lambda _: self._book.snapshot(), writes=False)
+
+    def next_report(self) -> tuple[BookSnapshot, int]:
+        """A snapshot with a new report sequence, durably consumed before it is returned."""
+
+        def take(_: JournalBatch) -> tuple[BookSnapshot, int]:
+            self._counters = replace(
+                self._counters, report_sequence=self._counters.report_sequence + 1
+            )
+            return self._book.snapshot(), self._counters.report_sequence
+
+        return self._call(take, writes=True)
+
+    def lookup(self, fill_id: str) -> StoredFill | None:
+        """The journaled fill with this id, if any."""
+        return self._call(lambda _: self._journal.find_fills([fill_id]).get(fill_id), False)
+
+    def _call(self, apply: Callable[[JournalBatch], T], writes: bool) -> T:
+        if self._failure is not None or not self._thread.is_alive():
+            raise SequencerStopped("the controller's writer is not running")
+        future: Future[T] = Future()
+        self._queue.put(_Request(apply, future, writes))
+        return future.result()
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            group = [first]
+            stopping = False
+            while len(group) < MAX_GROUP:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stopping = True
+                    break
+                group.append(item)
+            self._process(group)
+            if stopping or self._failure is not None:
+                return
+
+    def _process(self, group: list[_Request]) -> None:
+        batch = JournalBatch()
+        outcomes: list[tuple[_Request, Any, BaseException | None]] = []
+        for request in group:
+            try:
+                outcomes.append((request, request.apply(batch), None))
+            except Rejected as rejected:
+                outcomes.append((request, None, rejected))
+        if any(request.writes for request in group):
+            self._counters = replace(
+                self._counters, fill_count=self._book.fill_count, gross=self._book.gross
+            )
+            started = time.perf_counter()
+            try:
+                self._journal.write(batch, self._counters)
+            except BaseException as error:
+                # The book is now ahead of the journal: stop taking requests; a restart
+                # recovers exactly what was committed.
+                log.critical("journal write failed; stopping the writer: %r", error)
+                self._failure = error
+                for request, _, _ in outcomes:
+                    request.future.set_exception(SequencerStopped(f"journal write failed: {error}"))
+                return
+            finally:
+                self._recent.clear()
+                self._recent_splits.clear()
+            JOURNAL_COMMIT_SECONDS.observe(time.perf_counter() - started)
+        for request, result, rejection in outcomes:
+            if rejection is None:
+                request.future.set_result(result)
+            else:
+                request.future.set_exception(rejection)
+
+    def _take_sequence(self) -> int:
+        sequence = self._counters.next_sequence
+        self._counters = replace(self._counters, next_sequence=sequence + 1)
+        return sequence
+
+    def _apply_fills(self, items: list[Fill | Rejected], batch: JournalBatch) -> list[FillOutcome]:
+        fill_ids = {item.fill_id for item in items if isinstance(item, Fill)}
+        known = {i: self._recent[i] for i in fill_ids if i in self._recent}
+        known.update(self._journal.find_fills(fill_ids - known.keys()))
+        outcomes = []
+        for item in items:
+            if isinstance(item, Rejected):
+                outcomes.append(FillOutcome(rejection=item))
+                continue
+            stored = known.get(item.fill_id)
+            if stored is not None:
+                outcomes.append(self._repeat(item, stored))
+                continue
+            started = time.perf_counter()
+            try:
+                allocation = self._book.submit(item)
+            except Rejected as rejected:
+                outcomes.append(FillOutcome(rejection=rejected))
+                continue
+            ALLOCATION_SECONDS.observe(time.perf_counter() - started)
+            stored = StoredFill(self._take_sequence(), allocation)
+            batch.new_fills.append(stored)
+            if not allocation.pending:
+                batch.add_allocation(allocation)
+            known[item.fill_id] = self._recent[item.fill_id] = stored
+            outcomes.append(FillOutcome(stored=stored))
+        return outcomes
+
+    @staticmethod
+    def _repeat(fill: Fill, stored: StoredFill) -> FillOutcome:
+        if stored.allocation.fill == fill:
+            return FillOutcome(stored=stored, duplicate=True)
+        return FillOutcome(
+            rejection=Rejected(
+                RejectReason.CONFLICTING_DUPLICATE,
+                "fill.fill_id",
+                f"fill.fill_id {fill.fill_id!r} was already used for a different fill"
+                f" (journal sequence {stored.sequence})",
+            )
+        )
+
+    def _apply_split(self, split: Split, batch: JournalBatch) -> SplitOutcome:
+        if split.split_id:
+            earlier = self._recent_splits.get(split.split_id) or self._journal.find_split(
+                split.split_id
+            )
+            if earlier is not None:
+                if earlier.split.percents == split.percents:
+                    return SplitOutcome(split.split_id, duplicate=True)
+                raise Rejected(
+                    RejectReason.CONFLICTING_DUPLICATE,
+                    "split.split_id",
+                    f"split.split_id {split.split_id!r} was already used with other percentages",
+                )
+        sequence = self._take_sequence()
+        if not split.split_id:
+            split = replace(split, split_id=f"split-{sequence}")
+        released: list[Allocation] = self._book.set_split(split)
+        stored = StoredSplit(sequence, split)
+        batch.splits.append(stored)
+        self._recent_splits[split.split_id] = stored
+        for allocation in released:
+            batch.released.append(allocation)
+            batch.add_allocation(allocation)
+            earlier_fill = self._recent.get(allocation.fill.fill_id)
+            if earlier_fill is not None:
+                self._recent[allocation.fill.fill_id] = StoredFill(
+                    earlier_fill.sequence, allocation
+                )
+        return SplitOutcome(split.split_id, duplicate=False)

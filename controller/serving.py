@@ -1,0 +1,94 @@
+"""gRPC server plumbing shared by the controller and the position service.
+
+Health and reflection on, a port clash fails loudly, SIGTERM/SIGINT drain in-flight calls, and
+log lines are structured (one JSON object per line).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Iterable
+from concurrent import futures
+from types import FrameType
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+# Long-lived streams each hold a worker thread; leave room for unary calls beside them.
+DEFAULT_WORKERS = 64
+# A second server on the same port must fail, not silently share it (SO_REUSEPORT is on by
+# default in gRPC).
+SERVER_OPTIONS = [("grpc.so_reuseport", 0)]
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message and any ``extra`` fields."""
+
+    _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message"}
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        entry.update(
+            (key, value) for key, value in record.__dict__.items() if key not in self._STANDARD
+        )
+        if record.exc_info:
+            entry["error"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def configure_logging(level: str = "INFO") -> None:
+    """Send structured log lines to stderr."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+
+
+def create_server(
+    address: str, service_names: Iterable[str], workers: int = DEFAULT_WORKERS
+) -> tuple[grpc.Server, health.HealthServicer, int]:
+    """A server with health (NOT_SERVING until the caller says so) and reflection, bound to
+    ``address`` (port 0 picks a free port). Returns the server, its health servicer and port."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=SERVER_OPTIONS)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = list(service_names)
+    reflection.enable_server_reflection(
+        [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+    )
+    for name in ["", *names]:
+        health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot listen on {address}")
+    return server, health_servicer, port
+
+
+def set_serving(health_servicer: health.HealthServicer, service_names: Iterable[str]) -> None:
+    """Report SERVING for the server and each named service."""
+    for name in ["", *service_names]:
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+
+def wait_for_signal() -> int:
+    """Block until SIGTERM or SIGINT; returns the signal number."""
+    received: list[int] = []
+    done = threading.Event()
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        received.append(signum)
+        done.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    done.wait()
+    return received[0]

@@ -1,0 +1,125 @@
+"""Wire -> domain: every field of an incoming fill or split checked, with a message naming it.
+
+Limits (documented in the README and the proto comments):
+- fill_id: 1-128 characters from [A-Za-z0-9._:/-]; account names: 1-64 from [A-Za-z0-9._:-];
+- price: plain decimal, > 0, at most 6 decimal places, at most 1,000,000;
+- quantity: 1 to 10,000,000,000 whole shares;
+- percent: plain decimal, 0 to 100, at most 6 decimal places; all sum to 100 within 0.0001.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from allocation.v1 import allocation_pb2
+from controller.domain import Fill, Rejected, RejectReason, Side, Split
+from controller.money import MICRO, InvalidDecimal, parse_micro
+
+FILL_ID = re.compile(r"[A-Za-z0-9._:/-]{1,128}")
+ACCOUNT = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+SPLIT_ID = ACCOUNT
+MAX_PRICE = 1_000_000 * MICRO
+MAX_QUANTITY = 10_000_000_000
+HUNDRED_PERCENT = 100 * MICRO
+PERCENT_TOLERANCE = 100  # 0.0001 percent, in micro-percent
+DEFAULT_TICKERS = ("AAPL", "MSFT", "AMZN", "GOOGL", "META", "NVDA", "TSLA", "JPM", "V", "JNJ")
+
+_SIDES = {
+    allocation_pb2.SIDE_UNSPECIFIED: Side.BUY,
+    allocation_pb2.SIDE_BUY: Side.BUY,
+    allocation_pb2.SIDE_SELL: Side.SELL,
+}
+
+
+def _invalid(field: str, message: str) -> Rejected:
+    return Rejected(RejectReason.INVALID_ARGUMENT, field, message)
+
+
+def require_fill_id(fill_id: str, field: str) -> str:
+    """Return ``fill_id`` if well-formed, else raise ``Rejected`` naming ``field``."""
+    if not FILL_ID.fullmatch(fill_id):
+        raise _invalid(field, f"{field} {fill_id!r} must be 1-128 characters from [A-Za-z0-9._:/-]")
+    return fill_id
+
+
+def parse_fill(message: allocation_pb2.Fill, tickers: Sequence[str], field: str = "fill") -> Fill:
+    """Validate a wire fill and convert it; raises ``Rejected`` naming the first bad field."""
+    require_fill_id(message.fill_id, f"{field}.fill_id")
+    if message.ticker not in tickers:
+        raise _invalid(
+            f"{field}.ticker",
+            f"{field}.ticker {message.ticker!r} is not in the universe {', '.join(tickers)}",
+        )
+    try:
+        price = parse_micro(message.price)
+    except InvalidDecimal:
+        raise _invalid(
+            f"{field}.price",
+            f"{field}.price {message.price!r} must be a plain decimal such as '101.25'"
+            " with at most 6 decimal places",
+        ) from None
+    if not 0 < price <= MAX_PRICE:
+        raise _invalid(
+            f"{field}.price", f"{field}.price {message.price!r} must be > 0 and <= 1000000"
+        )
+    if not 0 < message.quantity <= MAX_QUANTITY:
+        raise _invalid(
+            f"{field}.quantity",
+            f"{field}.quantity {message.quantity} must be between 1 and {MAX_QUANTITY}",
+        )
+    side = _SIDES.get(message.side)
+    if side is None:
+        raise _invalid(f"{field}.side", f"{field}.side {message.side} is not a known Side")
+    return Fill(
+        fill_id=message.fill_id,
+        ticker=message.ticker,
+        price=price,
+        quantity=message.quantity,
+        side=side,
+        execute_time_ns=(
+            message.execute_time.ToNanoseconds() if message.HasField("execute_time") else None
+        ),
+    )
+
+
+def parse_split(message: allocation_pb2.AumSplit, field: str = "split") -> Split:
+    """Validate a wire split and convert it; an empty ``split_id`` stays empty (assigned later)."""
+    if message.split_id and not SPLIT_ID.fullmatch(message.split_id):
+        raise _invalid(
+            f"{field}.split_id",
+            f"{field}.split_id {message.split_id!r} must be 1-64 characters from [A-Za-z0-9._:-]",
+        )
+    if not message.percentages:
+        raise _invalid(f"{field}.percentages", f"{field}.percentages is empty")
+    percents: dict[str, int] = {}
+    for account, text in sorted(message.percentages.items()):
+        where = f"{field}.percentages[{account}]"
+        if not ACCOUNT.fullmatch(account):
+            raise _invalid(
+                where, f"account {account!r} must be 1-64 characters from [A-Za-z0-9._:-]"
+            )
+        try:
+            percent = parse_micro(text)
+        except InvalidDecimal:
+            raise _invalid(
+                where,
+                f"{where} {text!r} must be a plain decimal percent such as '12.5'"
+                " with at most 6 decimal places",
+            ) from None
+        if percent > HUNDRED_PERCENT:
+            raise _invalid(where, f"{where} {text!r} must be between 0 and 100")
+        percents[account] = percent
+    total = sum(percents.values())
+    if abs(total - HUNDRED_PERCENT) > PERCENT_TOLERANCE:
+        raise _invalid(
+            f"{field}.percentages",
+            f"{field}.percentages sum to {total / MICRO:.6f}, not 100 (tolerance 0.0001)",
+        )
+    return Split(
+        split_id=message.split_id,
+        percents=percents,
+        effective_time_ns=(
+            message.effective_time.ToNanoseconds() if message.HasField("effective_time") else None
+        ),
+    )

@@ -1,0 +1,209 @@
+"""Fixtures: real servers on 127.0.0.1 port 0, and processes of the real programs."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import pytest
+
+from allocation.v1 import (
+    allocation_pb2,
+    controller_service_pb2,
+    controller_service_pb2_grpc,
+    position_service_pb2_grpc,
+)
+from controller.book import Book
+from controller.journal import Journal
+from controller.reporter import Reporter
+from controller.sequencer import Sequencer
+from controller.service import ControllerService
+from controller.serving import create_server, set_serving
+from controller.validation import DEFAULT_TICKERS
+from tests.fakes import RecordingPositionService
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class RunningController:
+    """An in-process controller: its stub, port and the pieces behind it."""
+
+    stub: controller_service_pb2_grpc.ControllerServiceStub
+    port: int
+    sequencer: Sequencer
+    channel: grpc.Channel
+
+
+@pytest.fixture
+def controller(tmp_path: Path) -> Iterator[RunningController]:
+    """A controller on a free port with a fresh journal in tmp_path."""
+    journal = Journal(tmp_path / "journal.db", synchronous="NORMAL")
+    sequencer = Sequencer(Book(DEFAULT_TICKERS), journal)
+    names = ["allocation.v1.ControllerService"]
+    server, health, port = create_server("127.0.0.1:0", names)
+    controller_service_pb2_grpc.add_ControllerServiceServicer_to_server(
+        ControllerService(sequencer, DEFAULT_TICKERS), server
+    )
+    sequencer.start()
+    server.start()
+    set_serving(health, names)
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        yield RunningController(
+            controller_service_pb2_grpc.ControllerServiceStub(channel), port, sequencer, channel
+        )
+    finally:
+        channel.close()
+        server.stop(None).wait()
+        sequencer.stop()
+        journal.close()
+
+
+@dataclass
+class FakePositionServer:
+    """A recording PositionService bound to a port; ``start`` makes it answer."""
+
+    service: RecordingPositionService
+    server: grpc.Server
+    port: int
+
+    def start(self) -> None:
+        self.server.start()
+
+
+@pytest.fixture
+def position_server() -> Iterator[FakePositionServer]:
+    """A recording PositionService whose port is reserved but not answering until started."""
+    service = RecordingPositionService()
+    server, _, port = create_server("127.0.0.1:0", ["allocation.v1.PositionService"])
+    position_service_pb2_grpc.add_PositionServiceServicer_to_server(service, server)
+    try:
+        yield FakePositionServer(service, server, port)
+    finally:
+        server.stop(None).wait()
+
+
+@pytest.fixture
+def reporter_factory(
+    controller: RunningController,
+) -> Iterator[Callable[[str, float], Reporter]]:
+    """Build reporters on the test controller's sequencer; all are stopped at teardown."""
+    made: list[Reporter] = []
+
+    def make(address: str, interval: float) -> Reporter:
+        reporter = Reporter(controller.sequencer, address, interval, deadline=1.0)
+        made.append(reporter)
+        reporter.start()
+        return reporter
+
+    yield make
+    for reporter in made:
+        reporter.stop()
+
+
+def split_request(
+    percents: dict[str, str], split_id: str = ""
+) -> controller_service_pb2.SetAumSplitRequest:
+    return controller_service_pb2.SetAumSplitRequest(
+        split=allocation_pb2.AumSplit(split_id=split_id, percentages=percents)
+    )
+
+
+def fill(
+    fill_id: str,
+    quantity: int = 100,
+    price: str = "10.50",
+    ticker: str = "AAPL",
+    side: allocation_pb2.Side.ValueType = allocation_pb2.SIDE_BUY,
+) -> allocation_pb2.Fill:
+    return allocation_pb2.Fill(
+        fill_id=fill_id, ticker=ticker, price=price, quantity=quantity, side=side
+    )
+
+
+@dataclass
+class Program:
+    """A real program running as a subprocess, its structured log lines collected."""
+
+    process: subprocess.Popen[str]
+    lines: list[str] = field(default_factory=list)
+    entries: list[dict[str, object]] = field(default_factory=list)
+    _changed: threading.Condition = field(default_factory=threading.Condition)
+
+    def _pump(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            with self._changed:
+                self.lines.append(line)
+                with contextlib.suppress(json.JSONDecodeError):
+                    self.entries.append(json.loads(line))
+                self._changed.notify_all()
+
+    def wait_for(self, message: str, timeout: float = 30.0) -> dict[str, object]:
+        """The first structured log entry with this message, waiting for it to be written."""
+        with self._changed:
+            found = self._changed.wait_for(
+                lambda: (
+                    next((e for e in self.entries if e.get("message") == message), None)
+                    or self.process.poll() is not None
+                ),
+                timeout,
+            )
+            entry = next((e for e in self.entries if e.get("message") == message), None)
+        if not found or entry is None:
+            raise TimeoutError(
+                f"no {message!r} log line; last lines:\n" + "".join(self.lines[-30:])
+            )
+        return entry
+
+    @property
+    def port(self) -> int:
+        """The port from the program's "listening" log line."""
+        return int(str(self.wait_for("listening")["port"]))
+
+    def wait_listening(self, timeout: float = 30.0) -> int:
+        """Wait until the program logs that it listens; returns its port."""
+        self.wait_for("listening", timeout)
+        return self.port
+
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 20.0) -> int:
+        """Send ``sig`` and return the exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        return self.process.wait(timeout)
+
+
+def start_program(*args: str, stdout: int | None = subprocess.DEVNULL) -> Program:
+    """Run ``python -m <args>`` from the repo root with a thread collecting stderr."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", *args],
+        cwd=ROOT,
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    program = Program(process)
+    threading.Thread(target=program._pump, daemon=True).start()
+    return program
+
+
+@pytest.fixture
+def programs() -> Iterator[list[Program]]:
+    """Programs started by a test; any still running at teardown are killed."""
+    started: list[Program] = []
+    yield started
+    for program in started:
+        if program.process.poll() is None:
+            program.process.kill()
+            program.process.wait()

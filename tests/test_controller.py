@@ -1,0 +1,416 @@
+"""ControllerService on a real server: round trips, streams, errors, duplicates, reports."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections import Counter
+from collections.abc import Callable
+
+import grpc
+import pytest
+from google.protobuf.message import Message
+from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_status import rpc_status
+from prometheus_client import REGISTRY
+
+from allocation.v1 import allocation_pb2, controller_service_pb2
+from controller.reporter import Reporter
+from tests.conftest import (
+    FakePositionServer,
+    RunningController,
+    fill,
+    split_request,
+)
+
+SPLIT = {"acct-a": "50", "acct-b": "30", "acct-c": "20"}
+
+
+def positions(controller: RunningController) -> allocation_pb2.PositionReport:
+    report = controller.stub.GetPositions(controller_service_pb2.GetPositionsRequest()).report
+    report.ClearField("generate_time")
+    return report
+
+
+def submit(
+    controller: RunningController, message: allocation_pb2.Fill
+) -> controller_service_pb2.SubmitFillResponse:
+    return controller.stub.SubmitFill(controller_service_pb2.SubmitFillRequest(fill=message))
+
+
+def test_unary_fill_is_allocated_in_whole_shares_by_split(controller: RunningController) -> None:
+    split_id = controller.stub.SetAumSplit(split_request(SPLIT)).split_id
+    response = submit(controller, fill("f-1", quantity=100))
+    allocation = response.allocation
+    assert allocation.status == allocation_pb2.FILL_STATUS_ALLOCATED
+    assert allocation.split_id == split_id
+    assert {a.account: a.quantity for a in allocation.allocations} == {
+        "acct-a": 50,
+        "acct-b": 30,
+        "acct-c": 20,
+    }
+    assert allocation.fill.price == "10.5"
+    assert not response.duplicate
+    report = positions(controller)
+    assert report.fill_count == 1
+    assert report.total_value == "1050"
+    assert [(a.account, a.value, a.target_percent) for a in report.accounts] == [
+        ("acct-a", "525", "50"),
+        ("acct-b", "315", "30"),
+        ("acct-c", "210", "20"),
+    ]
+
+
+def test_health_reports_serving(controller: RunningController) -> None:
+    health = health_pb2_grpc.HealthStub(controller.channel)
+    response = health.Check(
+        health_pb2.HealthCheckRequest(service="allocation.v1.ControllerService")
+    )
+    assert response.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def stream(
+    controller: RunningController, batches: list[list[allocation_pb2.Fill]]
+) -> list[controller_service_pb2.StreamFillsResponse]:
+    requests = (controller_service_pb2.StreamFillsRequest(fills=b) for b in batches)
+    return list(controller.stub.StreamFills(requests))
+
+
+def test_stream_of_100_fill_batches_answers_in_request_order(controller: RunningController) -> None:
+    controller.stub.SetAumSplit(split_request(SPLIT))
+    batches = [[fill(f"b{b}-f{i}", quantity=10 + i) for i in range(100)] for b in range(5)]
+    responses = stream(controller, batches)
+    assert len(responses) == len(batches)
+    for batch, response in zip(batches, responses, strict=True):
+        assert [r.fill_id for r in response.results] == [f.fill_id for f in batch]
+        for sent, result in zip(batch, response.results, strict=True):
+            assert sum(a.quantity for a in result.allocation.allocations) == sent.quantity
+    sequences = [r.allocation.sequence for resp in responses for r in resp.results]
+    assert sequences == sorted(sequences)
+    assert len(set(sequences)) == 500
+
+
+def test_bad_fill_in_a_stream_is_rejected_in_band_and_the_stream_continues(
+    controller: RunningController,
+) -> None:
+    controller.stub.SetAumSplit(split_request(SPLIT))
+    before = positions(controller)
+    bad = fill("bad", price="ten")
+    responses = stream(controller, [[fill("ok-1"), bad, fill("ok-2")], [fill("ok-3")]])
+    first = responses[0].results
+    assert first[0].WhichOneof("outcome") == "allocation"
+    assert first[1].WhichOneof("outcome") == "rejection"
+    assert first[1].rejection.reason == allocation_pb2.REJECTION_REASON_INVALID_ARGUMENT
+    assert first[1].rejection.field == "fills[1].price"
+    assert "'ten'" in first[1].rejection.message
+    assert first[2].WhichOneof("outcome") == "allocation"
+    assert responses[1].results[0].WhichOneof("outcome") == "allocation"
+    assert positions(controller).fill_count == before.fill_count + 3
+
+
+def test_concurrent_fill_streams_and_split_stream_share_one_order(
+    controller: RunningController,
+) -> None:
+    controller.stub.SetAumSplit(split_request(SPLIT))
+    errors: queue.Queue[BaseException] = queue.Queue()
+    results: dict[int, list[controller_service_pb2.FillResult]] = {}
+
+    def fill_stream(n: int) -> None:
+        try:
+            batches = [
+                [fill(f"s{n}-b{b}-f{i}", quantity=7 + i, ticker="MSFT") for i in range(50)]
+                for b in range(8)
+            ]
+            results[n] = [r for resp in stream(controller, batches) for r in resp.results]
+        except BaseException as error:
+            errors.put(error)
+
+    def split_stream() -> None:
+        try:
+            requests = (
+                controller_service_pb2.StreamAumSplitsRequest(
+                    split=allocation_pb2.AumSplit(
+                        split_id=f"live-{k}",
+                        percentages={"acct-a": str(20 + k), "acct-b": str(80 - k)},
+                    )
+                )
+                for k in range(10)
+            )
+            answers = list(controller.stub.StreamAumSplits(requests))
+            assert [a.split_id for a in answers] == [f"live-{k}" for k in range(10)]
+        except BaseException as error:
+            errors.put(error)
+
+    threads = [threading.Thread(target=fill_stream, args=(n,)) for n in range(4)]
+    threads.append(threading.Thread(target=split_stream))
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors.empty(), errors.get()
+    all_results = [r for rs in results.values() for r in rs]
+    assert len(all_results) == 4 * 8 * 50
+    assert all(r.WhichOneof("outcome") == "allocation" for r in all_results)
+    sequences = [r.allocation.sequence for r in all_results]
+    assert len(set(sequences)) == len(sequences)
+    report = positions(controller)
+    sent = sum(7 + i for i in range(50)) * 8 * 4
+    assert {t.ticker: t.quantity for t in report.tickers} == {"MSFT": sent}
+
+
+def test_resent_fill_returns_original_allocation_and_changes_nothing(
+    controller: RunningController,
+) -> None:
+    controller.stub.SetAumSplit(split_request(SPLIT))
+    first = submit(controller, fill("dup-1", quantity=77))
+    before = positions(controller)
+    again = submit(controller, fill("dup-1", quantity=77))
+    assert again.duplicate
+    assert again.allocation == first.allocation
+    assert positions(controller) == before
+    in_stream = stream(controller, [[fill("dup-1", quantity=77)]])[0].results[0]
+    assert in_stream.duplicate
+    assert in_stream.allocation == first.allocation
+
+
+def test_fills_before_the_first_split_are_pending_then_allocated(
+    controller: RunningController,
+) -> None:
+    pending = [submit(controller, fill(f"early-{i}", quantity=10)).allocation for i in range(3)]
+    assert all(a.status == allocation_pb2.FILL_STATUS_PENDING for a in pending)
+    assert all(not a.allocations for a in pending)
+    assert positions(controller).pending_fill_count == 3
+    controller.stub.SetAumSplit(split_request({"x": "60", "y": "40"}))
+    for early in pending:
+        looked_up = controller.stub.GetFillAllocation(
+            controller_service_pb2.GetFillAllocationRequest(fill_id=early.fill_id)
+        ).allocation
+        assert looked_up.status == allocation_pb2.FILL_STATUS_ALLOCATED
+        assert looked_up.sequence == early.sequence
+        assert sum(a.quantity for a in looked_up.allocations) == 10
+    report = positions(controller)
+    assert report.fill_count == 3
+    assert report.pending_fill_count == 0
+    assert {t.ticker: t.quantity for t in report.tickers} == {"AAPL": 30}
+
+
+def _detail(error: grpc.RpcError) -> Message:
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    assert status is not None and len(status.details) == 1
+    for kind in (
+        error_details_pb2.BadRequest,
+        error_details_pb2.PreconditionFailure,
+        error_details_pb2.ResourceInfo,
+    ):
+        if status.details[0].Is(kind.DESCRIPTOR):
+            detail: Message = kind()
+            status.details[0].Unpack(detail)
+            return detail
+    raise AssertionError(f"unexpected detail {status.details[0].type_url}")
+
+
+BAD_FILLS: list[tuple[str, allocation_pb2.Fill, grpc.StatusCode, str, str]] = [
+    ("no id", fill(""), grpc.StatusCode.INVALID_ARGUMENT, "fill.fill_id", "''"),
+    ("bad id", fill("a b"), grpc.StatusCode.INVALID_ARGUMENT, "fill.fill_id", "'a b'"),
+    ("ticker", fill("t", ticker="XYZ"), grpc.StatusCode.INVALID_ARGUMENT, "fill.ticker", "'XYZ'"),
+    (
+        "price text",
+        fill("p1", price="abc"),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "fill.price",
+        "'abc'",
+    ),
+    ("price zero", fill("p2", price="0"), grpc.StatusCode.INVALID_ARGUMENT, "fill.price", "'0'"),
+    ("price sign", fill("p3", price="-1"), grpc.StatusCode.INVALID_ARGUMENT, "fill.price", "'-1'"),
+    ("price exp", fill("p4", price="1e3"), grpc.StatusCode.INVALID_ARGUMENT, "fill.price", "'1e3'"),
+    (
+        "7 places",
+        fill("p5", price="1.1234567"),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "fill.price",
+        "1.1234567",
+    ),
+    (
+        "too dear",
+        fill("p6", price="1000000.01"),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "fill.price",
+        "1000000.01",
+    ),
+    ("qty zero", fill("q1", quantity=0), grpc.StatusCode.INVALID_ARGUMENT, "fill.quantity", "0"),
+    ("qty neg", fill("q2", quantity=-5), grpc.StatusCode.INVALID_ARGUMENT, "fill.quantity", "-5"),
+    (
+        "side",
+        fill("s1", side=allocation_pb2.Side.ValueType(9)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "fill.side",
+        "9",
+    ),
+    (
+        "oversell",
+        fill("o1", quantity=1000, side=allocation_pb2.SIDE_SELL),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "fill.quantity",
+        "1000",
+    ),
+    (
+        "reused id",
+        fill("known", quantity=5),
+        grpc.StatusCode.ALREADY_EXISTS,
+        "fill.fill_id",
+        "'known'",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "message", "code", "field", "value"), BAD_FILLS, ids=[c[0] for c in BAD_FILLS]
+)
+def test_bad_fill_fails_with_code_message_and_details_and_changes_nothing(
+    controller: RunningController,
+    case: str,
+    message: allocation_pb2.Fill,
+    code: grpc.StatusCode,
+    field: str,
+    value: str,
+) -> None:
+    controller.stub.SetAumSplit(split_request(SPLIT))
+    submit(controller, fill("known", quantity=100))
+    before = positions(controller)
+    with pytest.raises(grpc.RpcError) as raised:
+        submit(controller, message)
+    error = raised.value
+    assert error.code() == code
+    assert field in str(error.details()) and value in str(error.details())
+    detail = _detail(error)
+    if isinstance(detail, error_details_pb2.BadRequest):
+        assert detail.field_violations[0].field == field
+    assert positions(controller) == before
+    if message.fill_id not in ("", "a b", "known"):
+        with pytest.raises(grpc.RpcError) as lookup:
+            controller.stub.GetFillAllocation(
+                controller_service_pb2.GetFillAllocationRequest(fill_id=message.fill_id)
+            )
+        assert lookup.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+BAD_SPLITS: list[tuple[str, dict[str, str], str, str]] = [
+    ("empty", {}, "split.percentages", "empty"),
+    ("sum 99", {"a": "49", "b": "50"}, "split.percentages", "99.000000"),
+    ("sum 100.001", {"a": "50.001", "b": "50"}, "split.percentages", "100.001000"),
+    ("text", {"a": "fifty", "b": "50"}, "split.percentages[a]", "'fifty'"),
+    ("negative", {"a": "-10", "b": "110"}, "split.percentages[a]", "'-10'"),
+    ("over 100", {"a": "150", "b": "0"}, "split.percentages[a]", "'150'"),
+    ("account", {"bad name": "100"}, "split.percentages[bad name]", "'bad name'"),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "percents", "field", "value"), BAD_SPLITS, ids=[c[0] for c in BAD_SPLITS]
+)
+def test_bad_split_fails_invalid_argument_and_keeps_previous_split(
+    controller: RunningController, case: str, percents: dict[str, str], field: str, value: str
+) -> None:
+    controller.stub.SetAumSplit(split_request(SPLIT, split_id="good"))
+    before = positions(controller)
+    with pytest.raises(grpc.RpcError) as raised:
+        controller.stub.SetAumSplit(split_request(percents))
+    error = raised.value
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert value in str(error.details())
+    detail = _detail(error)
+    assert isinstance(detail, error_details_pb2.BadRequest)
+    assert detail.field_violations[0].field == field
+    assert positions(controller) == before
+    assert positions(controller).split_id == "good"
+
+
+def test_split_id_reused_with_other_percentages_is_already_exists(
+    controller: RunningController,
+) -> None:
+    assert controller.stub.SetAumSplit(split_request(SPLIT, split_id="s1")).split_id == "s1"
+    assert controller.stub.SetAumSplit(split_request(SPLIT, split_id="s1")).duplicate
+    with pytest.raises(grpc.RpcError) as raised:
+        controller.stub.SetAumSplit(split_request({"acct-a": "100"}, split_id="s1"))
+    assert raised.value.code() == grpc.StatusCode.ALREADY_EXISTS
+
+
+def test_split_stream_rejects_in_band_and_continues(controller: RunningController) -> None:
+    requests = [
+        controller_service_pb2.StreamAumSplitsRequest(split=allocation_pb2.AumSplit(percentages=p))
+        for p in ({"a": "100"}, {"a": "90"}, {"b": "100"})
+    ]
+    answers = list(controller.stub.StreamAumSplits(iter(requests)))
+    assert answers[0].split_id and not answers[0].HasField("rejection")
+    assert answers[1].rejection.reason == allocation_pb2.REJECTION_REASON_INVALID_ARGUMENT
+    assert answers[1].rejection.field == "split.percentages"
+    assert answers[2].split_id
+    assert positions(controller).split_id == answers[2].split_id
+
+
+def test_unknown_fill_is_not_found(controller: RunningController) -> None:
+    with pytest.raises(grpc.RpcError) as raised:
+        controller.stub.GetFillAllocation(
+            controller_service_pb2.GetFillAllocationRequest(fill_id="never-sent")
+        )
+    assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "never-sent" in str(raised.value.details())
+
+
+def test_metrics_count_fills_by_outcome(controller: RunningController) -> None:
+    def count(outcome: str, reason: str = "") -> float:
+        value = REGISTRY.get_sample_value(
+            "allocation_fills_total", {"outcome": outcome, "reason": reason}
+        )
+        return value or 0.0
+
+    controller.stub.SetAumSplit(split_request(SPLIT))
+    accepted, duplicate, invalid = (
+        count("accepted"),
+        count("duplicate"),
+        count("rejected", "invalid_argument"),
+    )
+    stream(controller, [[fill("m1"), fill("m1"), fill("m2", price="x")]])
+    assert count("accepted") == accepted + 1
+    assert count("duplicate") == duplicate + 1
+    assert count("rejected", "invalid_argument") == invalid + 1
+
+
+ReporterFactory = Callable[[str, float], Reporter]
+
+
+def test_reports_reach_the_position_service(
+    controller: RunningController,
+    position_server: FakePositionServer,
+    reporter_factory: ReporterFactory,
+) -> None:
+    position_server.start()
+    controller.stub.SetAumSplit(split_request(SPLIT))
+    submit(controller, fill("r1", quantity=10))
+    reporter_factory(f"127.0.0.1:{position_server.port}", 0.05)
+    first = position_server.service.next_report()
+    second = position_server.service.next_report()
+    assert second.sequence == first.sequence + 1
+    assert first.fill_count == 1
+    assert {a.account for a in first.accounts} == set(SPLIT)
+
+
+def test_allocation_continues_without_position_service_and_reports_resume(
+    controller: RunningController,
+    position_server: FakePositionServer,
+    reporter_factory: ReporterFactory,
+) -> None:
+    controller.stub.SetAumSplit(split_request(SPLIT))
+    reporter_factory(f"127.0.0.1:{position_server.port}", 0.05)
+    # The port is bound but not answering: reports fail while fills keep being allocated.
+    for i in range(20):
+        assert submit(controller, fill(f"down-{i}", quantity=5)).allocation.allocations
+    position_server.start()
+    report = position_server.service.next_report()
+    assert report.fill_count == 20
+
+
+def test_report_sequences_never_repeat(controller: RunningController) -> None:
+    seen = Counter(controller.sequencer.next_report()[1] for _ in range(50))
+    assert max(seen.values()) == 1

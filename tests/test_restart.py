@@ -1,0 +1,117 @@
+"""The real controller process: kill -9, restart on the same journal, nothing lost or doubled."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from allocation.v1 import allocation_pb2, controller_service_pb2, controller_service_pb2_grpc
+from tests.conftest import Program, fill, split_request, start_program
+
+
+def connect(port: int) -> tuple[grpc.Channel, controller_service_pb2_grpc.ControllerServiceStub]:
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    return channel, controller_service_pb2_grpc.ControllerServiceStub(channel)
+
+
+def start_controller(db: Path, programs: list[Program]) -> Program:
+    # No position service: every report attempt still consumes a durable sequence number.
+    program = start_program(
+        "controller",
+        "--port=0",
+        f"--db={db}",
+        "--report-interval=0.05",
+        "--position-address=127.0.0.1:9",
+        "--report-deadline=0.2",
+    )
+    programs.append(program)
+    program.wait_listening()
+    return program
+
+
+def snapshot(
+    stub: controller_service_pb2_grpc.ControllerServiceStub,
+) -> allocation_pb2.PositionReport:
+    report = stub.GetPositions(controller_service_pb2.GetPositionsRequest()).report
+    report.ClearField("generate_time")
+    report.ClearField("sequence")
+    return report
+
+
+def test_kill_9_and_restart_keeps_every_acknowledged_fill_exactly_once(
+    tmp_path: Path, programs: list[Program]
+) -> None:
+    db = tmp_path / "controller.db"
+    first = start_controller(db, programs)
+    channel, stub = connect(first.port)
+    fills = [
+        fill(
+            f"k-{i}",
+            quantity=1 + (i * 37) % 500,
+            price=f"{10 + i % 7}.{i % 100:02d}",
+            ticker=("AAPL", "MSFT", "TSLA")[i % 3],
+            side=allocation_pb2.SIDE_SELL if i % 5 == 4 else allocation_pb2.SIDE_BUY,
+        )
+        for i in range(300)
+    ]
+    stub.SetAumSplit(split_request({"a": "40", "b": "35", "c": "25"}, split_id="s1"))
+    batches = [fills[i : i + 100] for i in range(0, 150, 100)] + [fills[150:]]
+    first_results = [
+        r
+        for response in stub.StreamFills(
+            controller_service_pb2.StreamFillsRequest(fills=b) for b in batches[:1]
+        )
+        for r in response.results
+    ]
+    stub.SetAumSplit(split_request({"a": "20", "b": "30", "d": "50"}, split_id="s2"))
+    first_results += [
+        r
+        for response in stub.StreamFills(
+            controller_service_pb2.StreamFillsRequest(fills=b) for b in batches[1:]
+        )
+        for r in response.results
+    ]
+    accepted = {r.fill_id: r.allocation for r in first_results if r.HasField("allocation")}
+    assert len(accepted) >= 250
+    first.wait_for("position service unreachable; allocation continues, retrying")
+    before = snapshot(stub)
+    report_sequence = stub.GetPositions(
+        controller_service_pb2.GetPositionsRequest()
+    ).report.sequence
+    assert report_sequence > 0
+    channel.close()
+    first.process.send_signal(signal.SIGKILL)
+    first.process.wait(10)
+
+    second = start_controller(db, programs)
+    channel, stub = connect(second.port)
+    health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+    assert health.status == health_pb2.HealthCheckResponse.SERVING
+    assert snapshot(stub) == before
+    resumed = stub.GetPositions(controller_service_pb2.GetPositionsRequest()).report.sequence
+    assert resumed >= report_sequence
+    for fill_id, allocation in accepted.items():
+        looked_up = stub.GetFillAllocation(
+            controller_service_pb2.GetFillAllocationRequest(fill_id=fill_id)
+        ).allocation
+        assert looked_up == allocation
+    acknowledged = [f for f in fills if f.fill_id in accepted]
+    resent = [
+        r
+        for response in stub.StreamFills(
+            controller_service_pb2.StreamFillsRequest(fills=acknowledged[i : i + 100])
+            for i in range(0, len(acknowledged), 100)
+        )
+        for r in response.results
+    ]
+    assert len(resent) == len(accepted)
+    for result in resent:
+        assert result.duplicate
+        assert result.allocation == accepted[result.fill_id]
+    assert snapshot(stub) == before
+    channel.close()
+    assert second.stop(signal.SIGTERM) == 0
+    assert any('"stopped"' in line for line in second.lines)
