@@ -1,6 +1,75 @@
-def main() -> None:
-    """Entry point."""
+"""``python -m position``: the position service (gRPC PositionService)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+
+from allocation.v1 import position_service_pb2, position_service_pb2_grpc
+from controller.serving import configure_logging, create_server, set_serving, wait_for_signal
+from position.service import PositionService
+
+log = logging.getLogger("position")
+
+SERVICE_NAME = position_service_pb2.DESCRIPTOR.services_by_name["PositionService"].full_name
+# Wide enough that a 10-ticker table is not wrapped when output goes to a file or pipe.
+PLAIN_WIDTH = 200
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Command-line options."""
+    parser = argparse.ArgumentParser(
+        prog="python -m position",
+        description=(
+            "Receive the controller's position reports and print each as a table: shares per "
+            "ticker, cost and market value, target and actual percent and deviation per account."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=int, default=9999, help="gRPC port (0 picks a free one)")
+    parser.add_argument(
+        "--max-rows",
+        type=int,
+        default=50,
+        help="accounts shown per report; beyond it, those with the largest |deviation|",
+    )
+    parser.add_argument(
+        "--jsonl", type=Path, default=None, help="also append each report as a JSON line here"
+    )
+    parser.add_argument("--grace", type=float, default=5.0, help="shutdown drain, seconds")
+    parser.add_argument("--log-level", default="INFO", help="logging level")
+    args = parser.parse_args(argv)
+    if args.max_rows < 1:
+        parser.error("--max-rows must be at least 1")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Serve until SIGTERM/SIGINT, then drain and exit 0."""
+    args = parse_args(argv)
+    configure_logging(args.log_level)
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=PLAIN_WIDTH, no_color=True, highlight=False)
+    server, health, port = create_server(f"{args.host}:{args.port}", [SERVICE_NAME])
+    position_service_pb2_grpc.add_PositionServiceServicer_to_server(
+        PositionService(console, args.max_rows, args.jsonl), server
+    )
+    server.start()
+    set_serving(health, [SERVICE_NAME])
+    log.info("listening", extra={"port": port, "host": args.host})
+    signum = wait_for_signal()
+    log.info("stopping", extra={"signal": signum})
+    health.enter_graceful_shutdown()
+    server.stop(args.grace).wait()
+    log.info("stopped")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

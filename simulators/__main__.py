@@ -1,6 +1,173 @@
-def main() -> None:
-    """Entry point."""
+"""``python -m simulators {fills,aum}``: the fill servers and the AUM server of the demo."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+import time
+from collections.abc import Sequence
+from types import FrameType
+
+from controller.serving import configure_logging
+from controller.validation import DEFAULT_TICKERS
+from simulators.aum import AumServer
+from simulators.fills import PER_FILL_OUTPUT_MAX_RATE, FillGenerator, FillServer, FillStats
+
+log = logging.getLogger("simulators")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Command-line options of both simulators."""
+    parser = argparse.ArgumentParser(
+        prog="python -m simulators",
+        description="Simulated execution venues (fills) and AUM source (aum) for the controller.",
+    )
+    parser.add_argument("--log-level", default="INFO", help="logging level")
+    commands = parser.add_subparsers(dest="command", required=True)
+    defaults = argparse.ArgumentDefaultsHelpFormatter
+    run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+
+    fills = commands.add_parser(
+        "fills",
+        formatter_class=defaults,
+        help="stream random fills (Poisson arrivals) to the controller",
+        description=(
+            "Fill servers: random fills at Poisson-distributed times over StreamFills. Every "
+            "unacknowledged fill is kept and resent after a reconnect; repeats are harmless."
+        ),
+    )
+    fills.add_argument("--controller", default="localhost:9998", help="controller host:port")
+    fills.add_argument(
+        "--rate", type=float, default=1.0, help="fills per second per server (0 = as fast as acked)"
+    )
+    fills.add_argument("--sell-ratio", type=float, default=0.2, help="share of fills that sell")
+    fills.add_argument("--seed", type=int, default=None, help="seed for a reproducible stream")
+    fills.add_argument("--count", type=int, default=None, help="stop after N fills per server")
+    fills.add_argument("--batch", type=int, default=1, help="fills per stream message")
+    fills.add_argument("--servers", type=int, default=1, help="independent fill servers")
+    fills.add_argument(
+        "--tickers", default=",".join(DEFAULT_TICKERS), help="comma-separated tickers to trade"
+    )
+    fills.add_argument(
+        "--run-id", default=run_id, help="fill ids are <run-id>-v<server>-<n>; unique per run"
+    )
+
+    aum = commands.add_parser(
+        "aum",
+        formatter_class=defaults,
+        help="publish a random account split every interval",
+        description=(
+            "AUM server: a random split over --accounts accounts, percentages with two decimals "
+            "summing to exactly 100, sent at once and then every --interval seconds."
+        ),
+    )
+    aum.add_argument("--controller", default="localhost:9998", help="controller host:port")
+    aum.add_argument("--interval", type=float, default=30.0, help="seconds between splits")
+    aum.add_argument("--accounts", type=int, default=5, help="accounts in each split")
+    aum.add_argument("--seed", type=int, default=None, help="seed for reproducible splits")
+    aum.add_argument("--run-id", default=run_id, help="split ids are aum-<run-id>-<n>")
+    args = parser.parse_args(argv)
+    if args.command == "fills":
+        if args.rate < 0 or args.batch < 1 or args.servers < 1:
+            parser.error("--rate must be >= 0, --batch and --servers >= 1")
+        if not 0 <= args.sell_ratio <= 1:
+            parser.error("--sell-ratio must be between 0 and 1")
+    elif args.accounts < 1 or args.interval <= 0:
+        parser.error("--accounts must be >= 1 and --interval > 0")
+    return args
+
+
+def on_signal(stop: threading.Event) -> None:
+    """Make SIGINT and SIGTERM set ``stop``."""
+
+    def handler(_signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+def run_fills(args: argparse.Namespace) -> int:
+    """Run the fill servers until --count is reached and acknowledged, or a signal."""
+    tickers = tuple(t.strip() for t in args.tickers.split(",") if t.strip())
+    stats = FillStats()
+    servers = [
+        FillServer(
+            args.controller,
+            FillGenerator(
+                (args.seed if args.seed is not None else time.time_ns()) + k,
+                f"{args.run_id}-v{k}",
+                tickers,
+                args.sell_ratio,
+            ),
+            args.rate,
+            args.batch,
+            args.count,
+            stats,
+            f"fills-v{k}",
+        )
+        for k in range(args.servers)
+    ]
+    threads = [
+        threading.Thread(target=s.run, name=f"fill-server-{k}") for k, s in enumerate(servers)
+    ]
+    stop = threading.Event()
+    on_signal(stop)
+    for thread in threads:
+        thread.start()
+    summary = not (args.batch == 1 and 0 < args.rate <= PER_FILL_OUTPUT_MAX_RATE)
+    last = 0
+    while any(t.is_alive() for t in threads):
+        if stop.wait(1.0):
+            for server in servers:
+                server.stop()
+            break
+        if summary:
+            with stats.lock:
+                done = stats.allocated + stats.pending + stats.duplicates + stats.rejected
+            print(f"fills acknowledged: {done - last}/s, {done} total", flush=True)
+            last = done
+    for thread in threads:
+        thread.join()
+    with stats.lock:
+        log.info(
+            "finished",
+            extra={
+                "generated": stats.generated,
+                "allocated": stats.allocated,
+                "pending": stats.pending,
+                "duplicates": stats.duplicates,
+                "rejected": stats.rejected,
+                "net": dict(sorted(stats.net.items())),
+            },
+        )
+    return 0
+
+
+def run_aum(args: argparse.Namespace) -> int:
+    """Publish splits until a signal."""
+    server = AumServer(
+        args.controller, args.interval, args.accounts, args.seed, f"aum-{args.run_id}"
+    )
+    stop = threading.Event()
+    on_signal(stop)
+    thread = threading.Thread(target=server.run, name="aum-server")
+    thread.start()
+    stop.wait()
+    server.stop()
+    thread.join()
+    log.info("finished")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m simulators``."""
+    args = parse_args(argv)
+    configure_logging(args.log_level)
+    return run_fills(args) if args.command == "fills" else run_aum(args)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

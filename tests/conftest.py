@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import signal
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from rich.console import Console
 
 from allocation.v1 import (
     allocation_pb2,
@@ -29,6 +31,7 @@ from controller.sequencer import Sequencer
 from controller.service import ControllerService
 from controller.serving import create_server, set_serving
 from controller.validation import DEFAULT_TICKERS
+from position.service import PositionService
 from tests.fakes import RecordingPositionService
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -137,6 +140,8 @@ class Program:
 
     process: subprocess.Popen[str]
     lines: list[str] = field(default_factory=list)
+    output: list[str] = field(default_factory=list)
+    """Standard output lines, when captured."""
     entries: list[dict[str, object]] = field(default_factory=list)
     _changed: threading.Condition = field(default_factory=threading.Condition)
 
@@ -149,22 +154,54 @@ class Program:
                     self.entries.append(json.loads(line))
                 self._changed.notify_all()
 
-    def wait_for(self, message: str, timeout: float = 30.0) -> dict[str, object]:
-        """The first structured log entry with this message, waiting for it to be written."""
+    def _pump_output(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            with self._changed:
+                self.output.append(line)
+                self._changed.notify_all()
+
+    def wait_for_output(self, text: str, timeout: float = 30.0) -> str:
+        """The first standard output line containing ``text``, waiting for it."""
+
+        def find() -> str | None:
+            return next((line for line in self.output if text in line), None)
+
         with self._changed:
-            found = self._changed.wait_for(
-                lambda: (
-                    next((e for e in self.entries if e.get("message") == message), None)
-                    or self.process.poll() is not None
-                ),
-                timeout,
+            self._changed.wait_for(
+                lambda: find() is not None or self.process.poll() is not None, timeout
             )
-            entry = next((e for e in self.entries if e.get("message") == message), None)
-        if not found or entry is None:
+            line = find()
+        if line is None:
             raise TimeoutError(
-                f"no {message!r} log line; last lines:\n" + "".join(self.lines[-30:])
+                f"no output line with {text!r}; last:\n" + "".join(self.output[-20:])
+            )
+        return line
+
+    def wait_for_entry(
+        self, message: str, predicate: Callable[[dict[str, object]], bool], timeout: float = 30.0
+    ) -> dict[str, object]:
+        """The first log entry with ``message`` that satisfies ``predicate``, waiting for it."""
+
+        def find() -> dict[str, object] | None:
+            return next(
+                (e for e in self.entries if e.get("message") == message and predicate(e)), None
+            )
+
+        with self._changed:
+            self._changed.wait_for(
+                lambda: find() is not None or self.process.poll() is not None, timeout
+            )
+            entry = find()
+        if entry is None:
+            raise TimeoutError(
+                f"no matching {message!r} entry; last:\n" + "".join(self.lines[-20:])
             )
         return entry
+
+    def wait_for(self, message: str, timeout: float = 30.0) -> dict[str, object]:
+        """The first structured log entry with this message, waiting for it to be written."""
+        return self.wait_for_entry(message, lambda _: True, timeout)
 
     @property
     def port(self) -> int:
@@ -183,18 +220,20 @@ class Program:
         return self.process.wait(timeout)
 
 
-def start_program(*args: str, stdout: int | None = subprocess.DEVNULL) -> Program:
-    """Run ``python -m <args>`` from the repo root with a thread collecting stderr."""
+def start_program(*args: str, capture_output: bool = False) -> Program:
+    """Run ``python -m <args>`` from the repo root; threads collect stderr (and stdout)."""
     process = subprocess.Popen(
         [sys.executable, "-m", *args],
         cwd=ROOT,
-        stdout=stdout,
+        stdout=subprocess.PIPE if capture_output else subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     program = Program(process)
     threading.Thread(target=program._pump, daemon=True).start()
+    if capture_output:
+        threading.Thread(target=program._pump_output, daemon=True).start()
     return program
 
 
@@ -207,3 +246,33 @@ def programs() -> Iterator[list[Program]]:
         if program.process.poll() is None:
             program.process.kill()
             program.process.wait()
+
+
+@dataclass
+class RunningPositionService:
+    """An in-process position service printing to ``output``."""
+
+    stub: position_service_pb2_grpc.PositionServiceStub
+    port: int
+    output: io.StringIO
+    jsonl: Path
+
+
+@pytest.fixture
+def position_service(tmp_path: Path) -> Iterator[RunningPositionService]:
+    """The real PositionService on a free port, printing plain text into a buffer."""
+    output = io.StringIO()
+    console = Console(file=output, width=200, no_color=True)
+    jsonl = tmp_path / "reports.jsonl"
+    names = ["allocation.v1.PositionService"]
+    server, health, port = create_server("127.0.0.1:0", names)
+    position_service_pb2_grpc.add_PositionServiceServicer_to_server(
+        PositionService(console, max_rows=3, jsonl=jsonl), server
+    )
+    server.start()
+    set_serving(health, names)
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        yield RunningPositionService(
+            position_service_pb2_grpc.PositionServiceStub(channel), port, output, jsonl
+        )
+    server.stop(None).wait()
