@@ -1,4 +1,4 @@
-"""`python -m benchmarks [engine|all]`: print the tables and write them as JSON."""
+"""`python -m benchmarks [engine|system|all]`: print the tables and write them as JSON."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks import engine
+from benchmarks import engine, system
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -57,14 +57,17 @@ def run_engine(console: Console, quick: bool) -> dict[str, object]:
 def main() -> None:
     """Run the selected benchmarks, print tables, write benchmarks/results/<name>.json."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
-    parser.add_argument("which", nargs="?", default="all", choices=["engine", "all"])
+    parser.add_argument("which", nargs="?", default="all", choices=["engine", "system", "all"])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (smoke run)")
     args = parser.parse_args()
-    console = Console()
+    console = Console(width=max(Console().width, 150))
     RESULTS.mkdir(exist_ok=True)
     if args.which in ("engine", "all"):
         result = run_engine(console, args.quick)
         (RESULTS / "engine.json").write_text(json.dumps(result, indent=2) + "\n")
+    if args.which in ("system", "all"):
+        result = system.run(console, args.quick)
+        (RESULTS / "system.json").write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

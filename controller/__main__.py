@@ -68,6 +68,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="SQLite synchronous mode: full survives power loss, normal only process crashes",
     )
     parser.add_argument(
+        "--checkpoint-interval",
+        type=float,
+        default=1.0,
+        help="seconds between position checkpoints (recovery replays fills since the last one)",
+    )
+    parser.add_argument(
         "--workers", type=int, default=DEFAULT_WORKERS, help="gRPC worker threads (one per stream)"
     )
     parser.add_argument(
@@ -87,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(args.log_level)
     started = time.perf_counter()
     journal = Journal(args.db, synchronous=args.sync.upper())
-    sequencer = Sequencer(Book(args.tickers), journal)
+    sequencer = Sequencer(Book(args.tickers), journal, args.checkpoint_interval)
     counters = sequencer.counters
     log.info(
         "recovered journal",

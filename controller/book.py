@@ -44,6 +44,8 @@ from controller.waterfill import (
 GROSS_LIMIT = 1 << 60
 # Up to this many eligible accounts the exact Python path is faster than numpy's overhead.
 SMALL_BOOK = 48
+# Large books: when at most this many accounts can receive, finish on the exact Python path.
+PYTHON_CANDIDATES = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,10 +89,18 @@ class BookSnapshot:
 class Book:
     """Positions of all accounts, the split in force, and the fills still waiting for a split."""
 
-    def __init__(self, tickers: Sequence[str], small_book: int = SMALL_BOOK) -> None:
-        """A book over ``tickers``; ``small_book`` is the eligible-account count up to which the
-        pure-Python path is used (both paths give identical results)."""
+    def __init__(
+        self,
+        tickers: Sequence[str],
+        small_book: int = SMALL_BOOK,
+        python_candidates: int = PYTHON_CANDIDATES,
+    ) -> None:
+        """A book over ``tickers``. Tuning only (every path gives identical results):
+        ``small_book`` is the eligible-account count up to which the Python path is used;
+        ``python_candidates`` is how many possible receivers a large book may have and still
+        finish on the Python path."""
         self._small_book = small_book
+        self._python_candidates = python_candidates
         self._tickers = tuple(tickers)
         self._names: list[str] = []
         self._name_array = np.zeros(0, dtype=object)
@@ -100,9 +110,15 @@ class Book:
         self._account_hash = np.zeros(0, dtype=np.uint64)
         self._quantity = {t: np.zeros(0, dtype=np.int64) for t in self._tickers}
         self._ticker_value = {t: np.zeros(0, dtype=np.int64) for t in self._tickers}
+        # (account, ticker) pairs changed since the last take_changed_positions().
+        self._changed = {t: np.zeros(0, dtype=bool) for t in self._tickers}
         self._ticker_total = dict.fromkeys(self._tickers, 0)
         self._last_price: dict[str, int] = {}
         self._split: Split | None = None
+        # Per-split lists for the small path: accounts that can receive buys, in index order.
+        self._buy_eligible: list[int] = []
+        self._buy_weights: list[int] = []
+        self._buy_hashes: list[int] = []
         self._weight_total = 0
         self._total = 0
         self._gross = 0
@@ -181,12 +197,19 @@ class Book:
             weight[self._index[name]] = percent
         self._weight = weight
         self._weight_total = split.total
+        self._cache_buy_lists()
         self._split = split
         released, self._pending = self._pending, []
         self._pending_net = dict.fromkeys(self._tickers, 0)
         for fill in released:
             self._gross -= fill.value
         return [self._allocate(fill) for fill in released]
+
+    def _cache_buy_lists(self) -> None:
+        """Refresh the small path's per-split lists (after a split or a re-indexing)."""
+        self._buy_eligible = np.flatnonzero(self._weight).tolist()
+        self._buy_weights = self._weight[self._buy_eligible].tolist()
+        self._buy_hashes = self._account_hash[self._buy_eligible].tolist()
 
     def _add_accounts(self, names: Iterable[str]) -> None:
         """Give new accounts zeroed state, keeping every array in account-name order.
@@ -214,53 +237,59 @@ class Book:
         for ticker in self._tickers:
             self._quantity[ticker] = grown(self._quantity[ticker])
             self._ticker_value[ticker] = grown(self._ticker_value[ticker])
+            self._changed[ticker] = grown(self._changed[ticker])
         self._names = merged
         self._name_array = np.array(merged, dtype=object)
         self._index = index
+        self._cache_buy_lists()
 
     def _allocate(self, fill: Fill) -> Allocation:
         """Allocate a fill that ``check`` accepted (at submission, or while it was pending)."""
         assert self._split is not None
-        weights = self._weight
         buy = fill.side is Side.BUY
-        caps = (
-            np.where(weights > 0, fill.quantity, 0).astype(np.int64)
-            if buy
-            else self._quantity[fill.ticker]
-        )
         new_total = self._total + fill.value if buy else self._total - fill.value
         fill_hash = stable_hash64(fill.fill_id)
-        if int(np.count_nonzero(caps)) <= self._small_book:
-            shares = self._shares_small(fill, caps, new_total, fill_hash, buy)
+        holdings = self._quantity[fill.ticker]
+        eligible = self._buy_eligible if buy else np.flatnonzero(holdings).tolist()
+        if len(eligible) <= self._small_book:
+            values = self._value[eligible].tolist()
+            scale = self._weight_total
+            if buy:
+                caps = [fill.quantity] * len(eligible)
+                scores = [
+                    w * new_total - scale * v
+                    for w, v in zip(self._buy_weights, values, strict=True)
+                ]
+            else:
+                caps = holdings[eligible].tolist()
+                weights = self._weight[eligible].tolist()
+                scores = [scale * v - w * new_total for w, v in zip(weights, values, strict=True)]
+            receivers, quantities = self._shares_python(fill, eligible, scores, caps, fill_hash)
         else:
-            shares = self._shares_vector(fill, caps, new_total, fill_hash, buy)
-        return self._apply(fill, shares, new_total)
+            receivers, quantities = self._shares_vector(fill, new_total, fill_hash, buy)
+        return self._apply(fill, receivers, quantities, new_total)
 
-    def _shares_small(
-        self, fill: Fill, caps: Int64Array, new_total: int, fill_hash: int, buy: bool
-    ) -> Int64Array:
-        eligible = np.flatnonzero(caps).tolist()
-        weights = self._weight[eligible].tolist()
-        values = self._value[eligible].tolist()
-        hashes = self._account_hash[eligible].tolist()
-        scale = self._weight_total
-        direction = 1 if buy else -1
-        scores = [
-            direction * (w * new_total - scale * v) for w, v in zip(weights, values, strict=True)
-        ]
+    def _shares_python(
+        self, fill: Fill, indices: list[int], scores: list[int], caps: list[int], fill_hash: int
+    ) -> tuple[npt.NDArray[np.intp], Int64Array]:
+        """Exact Python-integer path over a few accounts (their exact scaled scores given)."""
+        hashes = self._account_hash[indices].tolist()
         keys = [mix64(h ^ fill_hash) for h in hashes]
-        picked = allocate_small(
-            scores, caps[eligible].tolist(), scale * fill.price, fill.quantity, keys
+        scale = self._weight_total
+        picked = allocate_small(scores, caps, scale * fill.price, fill.quantity, keys)
+        taken = [(i, x) for i, x in zip(indices, picked, strict=True) if x]
+        return (
+            np.array([i for i, _ in taken], dtype=np.intp),
+            np.array([x for _, x in taken], dtype=np.int64),
         )
-        shares = np.zeros(len(self._names), dtype=np.int64)
-        shares[eligible] = picked
-        return shares
 
     def _shares_vector(
-        self, fill: Fill, caps: Int64Array, new_total: int, fill_hash: int, buy: bool
-    ) -> Int64Array:
+        self, fill: Fill, new_total: int, fill_hash: int, buy: bool
+    ) -> tuple[npt.NDArray[np.intp], Int64Array]:
+        """numpy path for large books; the exact search runs on the accounts that can win."""
         scale = self._weight_total
         weights = self._weight
+        caps = np.where(weights > 0, fill.quantity, 0) if buy else self._quantity[fill.ticker]
         # p_i * T' = S * q_i + r_i computed without overflow via T' = A * S + B.
         whole, part = divmod(new_total, scale)
         scaled = weights * part
@@ -274,22 +303,44 @@ class Book:
             borrow = (remainder > 0).astype(np.int64)
             head = self._value - quotient - borrow
             frac = (scale - remainder) % scale
+        live = np.flatnonzero(caps)
+        if fill.quantity < len(live):
+            # An account can only receive if its first slot is among the q best first slots:
+            # keep those with a head at least the q-th largest (ties included).
+            live_head = head[live]
+            cut = np.partition(live_head, len(live) - fill.quantity)[len(live) - fill.quantity]
+            live = live[live_head >= cut]
+        if len(live) <= self._python_candidates:
+            indices = live.tolist()
+            scores = [
+                scale * h + r for h, r in zip(head[live].tolist(), frac[live].tolist(), strict=True)
+            ]
+            return self._shares_python(fill, indices, scores, caps[live].tolist(), fill_hash)
         account_hash = self._account_hash
         seed = np.uint64(fill_hash)
 
         def keys_of(indices: npt.NDArray[np.intp]) -> UInt64Array:
-            return mix64_array(account_hash[indices] ^ seed)
+            return mix64_array(account_hash[live[indices]] ^ seed)
 
-        return allocate_vector(head, frac, caps, fill.price, fill.quantity, keys_of)
+        if len(live) < len(head):
+            head, frac, caps = head[live], frac[live], caps[live]
+        shares = allocate_vector(head, frac, caps, fill.price, fill.quantity, keys_of)
+        taken = np.flatnonzero(shares)
+        return live[taken], shares[taken]
 
-    def _apply(self, fill: Fill, shares: Int64Array, new_total: int) -> Allocation:
-        receivers = np.flatnonzero(shares)
-        quantities = shares[receivers]
+    def _apply(
+        self,
+        fill: Fill,
+        receivers: npt.NDArray[np.intp],
+        quantities: Int64Array,
+        new_total: int,
+    ) -> Allocation:
         signed = quantities if fill.side is Side.BUY else -quantities
         self._value[receivers] += signed * fill.price
         self._quantity[fill.ticker][receivers] += signed
         self._ticker_value[fill.ticker][receivers] += signed * fill.price
         self._ticker_total[fill.ticker] += int(signed.sum())
+        self._changed[fill.ticker][receivers] = True
         self._total = new_total
         self._gross += fill.value
         self._fill_count += 1
@@ -301,6 +352,25 @@ class Book:
             accounts=tuple(self._name_array[receivers].tolist()),
             quantities=tuple(quantities.tolist()),
         )
+
+    def take_changed_positions(self) -> list[PositionRow]:
+        """Positions changed since the last call (absolute values), for a journal checkpoint."""
+        rows: list[PositionRow] = []
+        for ticker in self._tickers:
+            changed = np.flatnonzero(self._changed[ticker])
+            if not len(changed):
+                continue
+            rows.extend(
+                PositionRow(name, ticker, quantity, value)
+                for name, quantity, value in zip(
+                    self._name_array[changed].tolist(),
+                    self._quantity[ticker][changed].tolist(),
+                    self._ticker_value[ticker][changed].tolist(),
+                    strict=True,
+                )
+            )
+            self._changed[ticker][changed] = False
+        return rows
 
     def restore(
         self,
@@ -328,6 +398,8 @@ class Book:
             self._value[i] += row.value
             self._ticker_total[row.ticker] += row.quantity
             self._total += row.value
+            # Part of these rows may come from replay, not the checkpoint: rewrite them all.
+            self._changed[row.ticker][i] = True
         self._fill_count = fill_count
         self._gross = gross
         self._last_price = dict(last_prices)

@@ -1,8 +1,10 @@
 """The controller's durable journal: SQLite in WAL mode, one writer.
 
-Every accepted fill (with its allocation), every split and the running per-account positions are
-written in one transaction per group of requests, and committed before any of them is
-acknowledged. Positions and counters are kept aggregated, so recovery reads O(accounts) rows,
+Every accepted fill (with its allocation), every split and the counters are written in one
+transaction per group of requests, and committed before any of them is acknowledged. Positions
+are a checkpoint: the absolute values of the (account, ticker) pairs changed since the previous
+checkpoint, written every checkpoint interval. Recovery reads the checkpoint and replays only
+the allocations journaled after it, so it reads O(accounts + fills since the checkpoint) rows,
 not the history; fills are looked up by id on demand, so memory does not grow with the journal.
 """
 
@@ -28,9 +30,11 @@ CREATE TABLE IF NOT EXISTS fills (
     execute_time_ns INTEGER,
     split_id TEXT,
     accounts TEXT,
-    quantities TEXT
+    quantities TEXT,
+    allocated_sequence INTEGER
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS fills_pending ON fills (sequence) WHERE split_id IS NULL;
+CREATE INDEX IF NOT EXISTS fills_allocated ON fills (allocated_sequence);
 CREATE TABLE IF NOT EXISTS splits (
     sequence INTEGER PRIMARY KEY,
     split_id TEXT NOT NULL UNIQUE,
@@ -51,7 +55,7 @@ CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NU
 # Micro-units; JSON keeps the allocation of one fill in one row.
 _FILL_COLUMNS = (
     "fill_id, sequence, ticker, price, quantity, sell, execute_time_ns, split_id, accounts,"
-    " quantities"
+    " quantities, allocated_sequence"
 )
 
 
@@ -73,12 +77,14 @@ class StoredSplit:
 
 @dataclass(frozen=True, slots=True)
 class Counters:
-    """Running totals kept with the positions."""
+    """Running totals, exact as of every commit."""
 
     next_sequence: int = 1
     fill_count: int = 0
     gross: int = 0
     report_sequence: int = 0
+    checkpoint_sequence: int = 0
+    """The positions table holds every allocation made up to this journal sequence."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,26 +103,12 @@ class JournalBatch:
     """What one group commit writes."""
 
     new_fills: list[StoredFill] = field(default_factory=list)
-    released: list[Allocation] = field(default_factory=list)
+    released: list[tuple[int, Allocation]] = field(default_factory=list)
+    """Pending fills allocated by the split journaled at the given sequence."""
     splits: list[StoredSplit] = field(default_factory=list)
-    position_deltas: dict[tuple[str, str], list[int]] = field(default_factory=dict)
-    last_prices: dict[str, int] = field(default_factory=dict)
-
-    def add_allocation(self, allocation: Allocation) -> None:
-        """Accumulate the position changes of one allocation."""
-        fill = allocation.fill
-        sign = -1 if fill.side is Side.SELL else 1
-        deltas = self.position_deltas
-        for account, quantity in zip(allocation.accounts, allocation.quantities, strict=True):
-            key = (account, fill.ticker)
-            delta = deltas.get(key)
-            if delta is None:
-                deltas[key] = [sign * quantity, sign * quantity * fill.price]
-            else:
-                delta[0] += sign * quantity
-                delta[1] += sign * quantity * fill.price
-        if allocation.accounts:
-            self.last_prices[fill.ticker] = fill.price
+    checkpoint: list[PositionRow] | None = None
+    """Changed positions (absolute) when this commit is also a checkpoint."""
+    checkpoint_prices: dict[str, int] = field(default_factory=dict)
 
 
 class Journal:
@@ -153,13 +145,33 @@ class Journal:
                 f"SELECT {_FILL_COLUMNS} FROM fills WHERE split_id IS NULL ORDER BY sequence", ()
             )
         ]
+        last_prices = dict(self._db.execute("SELECT ticker, price FROM last_prices"))
         return Recovered(
             counters=counters,
-            positions=positions,
+            positions=self._replay(positions, last_prices, counters.checkpoint_sequence),
             split=_split_from_row(row).split if row else None,
-            last_prices=dict(self._db.execute("SELECT ticker, price FROM last_prices")),
+            last_prices=last_prices,
             pending=pending,
         )
+
+    def _replay(
+        self, checkpoint: list[PositionRow], last_prices: dict[str, int], after: int
+    ) -> list[PositionRow]:
+        """Checkpointed positions plus every allocation journaled after the checkpoint."""
+        totals = {(r.account, r.ticker): [r.quantity, r.value] for r in checkpoint}
+        replayed = self._db.execute(
+            "SELECT ticker, price, sell, accounts, quantities FROM fills"
+            " WHERE allocated_sequence > ? ORDER BY allocated_sequence, sequence",
+            (after,),
+        )
+        for ticker, price, sell, accounts, quantities in replayed:
+            sign = -1 if sell else 1
+            for account, quantity in zip(json.loads(accounts), json.loads(quantities), strict=True):
+                total = totals.setdefault((account, ticker), [0, 0])
+                total[0] += sign * quantity
+                total[1] += sign * quantity * price
+            last_prices[ticker] = price
+        return [PositionRow(a, t, q, v) for (a, t), (q, v) in sorted(totals.items())]
 
     def find_fills(self, fill_ids: Collection[str]) -> dict[str, StoredFill]:
         """The journaled fills among ``fill_ids``, by id."""
@@ -183,14 +195,21 @@ class Journal:
         db.execute("BEGIN")
         try:
             db.executemany(
-                f"INSERT INTO fills ({_FILL_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                f"INSERT INTO fills ({_FILL_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 [_fill_row(stored) for stored in batch.new_fills],
             )
             db.executemany(
-                "UPDATE fills SET split_id=?, accounts=?, quantities=? WHERE fill_id=?",
+                "UPDATE fills SET split_id=?, accounts=?, quantities=?, allocated_sequence=?"
+                " WHERE fill_id=?",
                 [
-                    (a.split_id, json.dumps(a.accounts), json.dumps(a.quantities), a.fill.fill_id)
-                    for a in batch.released
+                    (
+                        a.split_id,
+                        json.dumps(a.accounts),
+                        json.dumps(a.quantities),
+                        sequence,
+                        a.fill.fill_id,
+                    )
+                    for sequence, a in batch.released
                 ],
             )
             db.executemany(
@@ -206,16 +225,16 @@ class Journal:
                     for s in batch.splits
                 ],
             )
-            db.executemany(
-                "INSERT INTO positions (account, ticker, quantity, value) VALUES (?,?,?,?)"
-                " ON CONFLICT (account, ticker) DO UPDATE SET"
-                " quantity = quantity + excluded.quantity, value = value + excluded.value",
-                [(a, t, q, v) for (a, t), (q, v) in batch.position_deltas.items()],
-            )
-            db.executemany(
-                "INSERT OR REPLACE INTO last_prices (ticker, price) VALUES (?,?)",
-                batch.last_prices.items(),
-            )
+            if batch.checkpoint is not None:
+                db.executemany(
+                    "INSERT OR REPLACE INTO positions (account, ticker, quantity, value)"
+                    " VALUES (?,?,?,?)",
+                    [(r.account, r.ticker, r.quantity, r.value) for r in batch.checkpoint],
+                )
+                db.executemany(
+                    "INSERT OR REPLACE INTO last_prices (ticker, price) VALUES (?,?)",
+                    batch.checkpoint_prices.items(),
+                )
             db.executemany(
                 "INSERT OR REPLACE INTO counters (name, value) VALUES (?,?)",
                 [(name, getattr(counters, name)) for name in Counters.__slots__],
@@ -227,7 +246,9 @@ class Journal:
 
     def _fills(self, query: str, parameters: tuple[str, ...]) -> Iterator[StoredFill]:
         for row in self._db.execute(query, parameters):
-            fill_id, sequence, ticker, price, quantity, sell, time_ns, split_id, accounts, qs = row
+            fill_id, sequence, ticker, price, quantity, sell, time_ns, split_id, accounts, qs, _ = (
+                row
+            )
             fill = Fill(fill_id, ticker, price, quantity, Side.SELL if sell else Side.BUY, time_ns)
             allocation = Allocation(
                 fill=fill,
@@ -253,6 +274,7 @@ def _fill_row(stored: StoredFill) -> tuple[object, ...]:
         None if pending else allocation.split_id,
         None if pending else json.dumps(allocation.accounts),
         None if pending else json.dumps(allocation.quantities),
+        None if pending else stored.sequence,
     )
 
 

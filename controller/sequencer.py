@@ -56,14 +56,18 @@ class _Request:
     apply: Callable[[JournalBatch], Any]
     future: Future[Any]
     writes: bool
+    checkpoint: bool = False
 
 
 class Sequencer:
     """Owns the book and the journal; everything that reads or changes them goes through here."""
 
-    def __init__(self, book: Book, journal: Journal) -> None:
-        """Recover the book from the journal; call ``start`` to begin serving."""
+    def __init__(self, book: Book, journal: Journal, checkpoint_interval: float = 1.0) -> None:
+        """Recover the book from the journal; call ``start`` to begin serving. Positions are
+        checkpointed at most every ``checkpoint_interval`` seconds, and on ``stop``."""
         self._book = book
+        self._checkpoint_interval = checkpoint_interval
+        self._last_checkpoint = time.monotonic()
         self._journal = journal
         recovered = journal.recover()
         counters = recovered.counters
@@ -93,8 +97,9 @@ class Sequencer:
         self._thread.start()
 
     def stop(self) -> None:
-        """Finish everything queued, commit it, and stop the writer thread."""
+        """Finish everything queued, commit it with a final checkpoint, and stop the writer."""
         if self._thread.is_alive():
+            self._queue.put(_Request(lambda _: None, Future(), writes=True, checkpoint=True))
             self._queue.put(None)
             self._thread.join()
 
@@ -105,7 +110,11 @@ class Sequencer:
 
     def submit_fills(self, items: list[Fill | Rejected]) -> list[FillOutcome]:
         """Apply validated fills in order (validation failures pass through as rejections)."""
-        return self._call(lambda batch: self._apply_fills(items, batch), writes=True)
+        return self.submit_fills_later(items).result()
+
+    def submit_fills_later(self, items: list[Fill | Rejected]) -> Future[list[FillOutcome]]:
+        """Queue fills behind everything queued so far; the future completes once committed."""
+        return self._enqueue(lambda batch: self._apply_fills(items, batch), writes=True)
 
     def set_split(self, split: Split) -> SplitOutcome:
         """Put a split in force; raises ``Rejected`` for a reused id with other percentages."""
@@ -131,11 +140,14 @@ class Sequencer:
         return self._call(lambda _: self._journal.find_fills([fill_id]).get(fill_id), False)
 
     def _call(self, apply: Callable[[JournalBatch], T], writes: bool) -> T:
+        return self._enqueue(apply, writes).result()
+
+    def _enqueue(self, apply: Callable[[JournalBatch], T], writes: bool) -> Future[T]:
         if self._failure is not None or not self._thread.is_alive():
             raise SequencerStopped("the controller's writer is not running")
         future: Future[T] = Future()
         self._queue.put(_Request(apply, future, writes))
-        return future.result()
+        return future
 
     def _run(self) -> None:
         while True:
@@ -169,6 +181,17 @@ class Sequencer:
             self._counters = replace(
                 self._counters, fill_count=self._book.fill_count, gross=self._book.gross
             )
+            now = time.monotonic()
+            if (
+                any(request.checkpoint for request in group)
+                or now - self._last_checkpoint >= self._checkpoint_interval
+            ):
+                batch.checkpoint = self._book.take_changed_positions()
+                batch.checkpoint_prices = self._book.last_prices
+                self._counters = replace(
+                    self._counters, checkpoint_sequence=self._counters.next_sequence - 1
+                )
+                self._last_checkpoint = now
             started = time.perf_counter()
             try:
                 self._journal.write(batch, self._counters)
@@ -217,8 +240,6 @@ class Sequencer:
             ALLOCATION_SECONDS.observe(time.perf_counter() - started)
             stored = StoredFill(self._take_sequence(), allocation)
             batch.new_fills.append(stored)
-            if not allocation.pending:
-                batch.add_allocation(allocation)
             known[item.fill_id] = self._recent[item.fill_id] = stored
             outcomes.append(FillOutcome(stored=stored))
         return outcomes
@@ -257,8 +278,7 @@ class Sequencer:
         batch.splits.append(stored)
         self._recent_splits[split.split_id] = stored
         for allocation in released:
-            batch.released.append(allocation)
-            batch.add_allocation(allocation)
+            batch.released.append((sequence, allocation))
             earlier_fill = self._recent.get(allocation.fill.fill_id)
             if earlier_fill is not None:
                 self._recent[allocation.fill.fill_id] = StoredFill(

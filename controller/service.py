@@ -7,9 +7,12 @@ message in order with in-band rejections and never break for a bad fill.
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future
 from typing import NoReturn
 
 import grpc
@@ -25,6 +28,8 @@ from controller.validation import parse_fill, parse_split, require_fill_id
 from controller.wire import allocation_message, rejection_message, report_message
 
 MAX_FILLS_PER_MESSAGE = 10_000
+# Messages of one stream validated and queued ahead of the one being answered.
+STREAM_PIPELINE_DEPTH = 8
 
 _CODES = {
     RejectReason.INVALID_ARGUMENT: code_pb2.INVALID_ARGUMENT,
@@ -134,15 +139,58 @@ class ControllerService(controller_service_pb2_grpc.ControllerServiceServicer):
         request_iterator: Iterator[controller_service_pb2.StreamFillsRequest],
         context: grpc.ServicerContext,
     ) -> Iterator[controller_service_pb2.StreamFillsResponse]:
-        """One response per request, in order; bad fills are rejected in-band."""
-        for request in request_iterator:
-            outcomes = self._submit(context, self._parse_batch(request.fills))
+        """One response per request, in order; bad fills are rejected in-band.
+
+        A reader thread validates and queues message k+1 while message k is being committed,
+        so one stream fills a group commit instead of waiting for each commit in turn.
+        """
+        in_flight: queue.SimpleQueue[
+            tuple[controller_service_pb2.StreamFillsRequest, Future[list[FillOutcome]]] | None
+        ] = queue.SimpleQueue()
+        room = threading.Semaphore(STREAM_PIPELINE_DEPTH)
+        reader = threading.Thread(
+            target=self._read_fills,
+            args=(request_iterator, in_flight, room),
+            name="stream-fills-reader",
+            daemon=True,
+        )
+        reader.start()
+        while (entry := in_flight.get()) is not None:
+            request, future = entry
+            try:
+                outcomes = future.result()
+            except SequencerStopped as stopped:
+                context.abort(grpc.StatusCode.UNAVAILABLE, str(stopped))
+            room.release()
+            _count_fills(outcomes)
             yield controller_service_pb2.StreamFillsResponse(
                 results=[
                     _fill_result(message.fill_id, outcome)
                     for message, outcome in zip(request.fills, outcomes, strict=True)
                 ]
             )
+
+    def _read_fills(
+        self,
+        request_iterator: Iterator[controller_service_pb2.StreamFillsRequest],
+        in_flight: queue.SimpleQueue[
+            tuple[controller_service_pb2.StreamFillsRequest, Future[list[FillOutcome]]] | None
+        ],
+        room: threading.Semaphore,
+    ) -> None:
+        try:
+            for request in request_iterator:
+                room.acquire()
+                try:
+                    future = self._sequencer.submit_fills_later(self._parse_batch(request.fills))
+                except SequencerStopped as stopped:
+                    future = Future()
+                    future.set_exception(stopped)
+                in_flight.put((request, future))
+        except grpc.RpcError:
+            pass  # the client went away; the answering side ends the call
+        finally:
+            in_flight.put(None)
 
     def _submit(
         self, context: grpc.ServicerContext, items: list[Fill | Rejected]

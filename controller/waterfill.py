@@ -79,7 +79,8 @@ def _uncapped_small(
     scores: Sequence[int], free: Sequence[int], step: int, q: int, keys: Sequence[int]
 ) -> dict[int, int]:
     """Uncapped water-filling over ``free``: continuous threshold, floors, then remainders."""
-    order = sorted(free, key=lambda i: (-scores[i], keys[i]))
+    # Order among equal scores does not move the threshold, so no tie key is needed here.
+    order = sorted(free, key=scores.__getitem__, reverse=True)
     prefix = 0
     active, active_sum = 0, 0
     for count, i in enumerate(order, start=1):

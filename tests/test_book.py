@@ -15,8 +15,9 @@ from controller.domain import Allocation, Fill, Rejected, RejectReason, Side, Sp
 from tests.oracles import Problem, brute_force_minimum, unit_greedy
 from tests.strategies import TICKERS, events
 
-# Both paths of the book: exact Python integers for small books, numpy for large ones.
-PATHS = {"python": 10**9, "numpy": 0}
+# Every path of the book, as (small_book, python_candidates): exact Python integers for small
+# books; numpy for large ones, finishing in Python when few accounts can receive, or in numpy.
+PATHS = {"python": (10**9, 10**9), "prefiltered": (0, 10**9), "numpy": (0, 0)}
 
 
 def problem_for(book: Book, split: Split, fill: Fill) -> Problem:
@@ -67,7 +68,7 @@ def run(book: Book, sequence: list[Fill | Split]) -> list[Allocation]:
 def test_allocation_equals_unit_greedy_and_respects_limits(
     path: str, sequence: list[Fill | Split]
 ) -> None:
-    book = Book(TICKERS, small_book=PATHS[path])
+    book = Book(TICKERS, *PATHS[path])
     split: Split | None = None
     for event in sequence:
         if isinstance(event, Split):
@@ -95,7 +96,7 @@ def test_allocation_equals_unit_greedy_and_respects_limits(
 @settings(max_examples=150, deadline=None)
 @given(sequence=events(max_events=12, max_quantity=7))
 def test_allocation_reaches_brute_force_minimum(path: str, sequence: list[Fill | Split]) -> None:
-    book = Book(TICKERS, small_book=PATHS[path])
+    book = Book(TICKERS, *PATHS[path])
     split: Split | None = None
     for event in sequence:
         if isinstance(event, Split):
@@ -188,14 +189,14 @@ def sell(fill_id: str, quantity: int, price: int = 10_000_000, ticker: str = "AA
 
 @pytest.mark.parametrize("path", PATHS)
 def test_single_account_gets_everything(path: str) -> None:
-    book = Book(TICKERS, small_book=PATHS[path])
+    book = Book(TICKERS, *PATHS[path])
     book.set_split(split_of(only=100))
     assert book.submit(buy("f1", 37)).shares == (("only", 37),)
 
 
 @pytest.mark.parametrize("path", PATHS)
 def test_zero_percent_account_receives_no_buys(path: str) -> None:
-    book = Book(TICKERS, small_book=PATHS[path])
+    book = Book(TICKERS, *PATHS[path])
     book.set_split(split_of(a=60, b=40, zero=0))
     for n in range(20):
         shares = dict(book.submit(buy(f"f{n}", 7 + n)).shares)
@@ -204,14 +205,14 @@ def test_zero_percent_account_receives_no_buys(path: str) -> None:
 
 @pytest.mark.parametrize("path", PATHS)
 def test_all_weight_in_one_account(path: str) -> None:
-    book = Book(TICKERS, small_book=PATHS[path])
+    book = Book(TICKERS, *PATHS[path])
     book.set_split(split_of(a=100, b=0, c=0))
     assert book.submit(buy("f1", 1000)).shares == (("a", 1000),)
 
 
 @pytest.mark.parametrize("path", PATHS)
 def test_account_leaving_is_wound_down_by_sells_and_joiner_gets_buys(path: str) -> None:
-    book = Book(TICKERS, small_book=PATHS[path])
+    book = Book(TICKERS, *PATHS[path])
     book.set_split(split_of(old=50, stay=50))
     book.submit(buy("f1", 100))
     book.set_split(Split("s2", {"stay": 50_000_000, "new": 50_000_000}))
@@ -226,7 +227,7 @@ def test_account_leaving_is_wound_down_by_sells_and_joiner_gets_buys(path: str) 
 
 @pytest.mark.parametrize("path", PATHS)
 def test_huge_quantity_with_few_accounts(path: str) -> None:
-    book = Book(TICKERS, small_book=PATHS[path])
+    book = Book(TICKERS, *PATHS[path])
     book.set_split(split_of(a=50, b=30, c=20))
     shares = dict(book.submit(buy("f1", 10**9, price=1_000_000)).shares)
     assert shares == {"a": 500_000_000, "b": 300_000_000, "c": 200_000_000}
@@ -244,7 +245,7 @@ def test_many_accounts_with_single_share_fills() -> None:
 
 @pytest.mark.parametrize("path", PATHS)
 def test_sell_that_empties_positions_exactly(path: str) -> None:
-    book = Book(TICKERS, small_book=PATHS[path])
+    book = Book(TICKERS, *PATHS[path])
     book.set_split(split_of(a=70, b=30))
     book.submit(buy("f1", 10))
     assert dict(book.submit(sell("f2", 10)).shares) == {"a": 7, "b": 3}
@@ -308,8 +309,8 @@ def test_remainders_do_not_always_favour_the_same_account() -> None:
 def test_python_and_numpy_paths_agree_at_large_magnitudes(
     splits_and_fills: list[tuple[list[int], int, int, bool]],
 ) -> None:
-    books = [Book(TICKERS, small_book=threshold) for threshold in PATHS.values()]
-    results: list[list[object]] = [[], []]
+    books = [Book(TICKERS, *tuning) for tuning in PATHS.values()]
+    results: list[list[object]] = [[] for _ in books]
     for n, (raw, price, quantity, sell_it) in enumerate(splits_and_fills):
         if sum(raw) == 0:
             raw[0] = 1
@@ -321,5 +322,5 @@ def test_python_and_numpy_paths_agree_at_large_magnitudes(
                 out.append(book.submit(fill))
             except Rejected as rejected:
                 out.append(rejected.reason)
-    assert results[0] == results[1]
-    assert books[0].snapshot() == books[1].snapshot()
+    assert all(result == results[0] for result in results)
+    assert all(book.snapshot() == books[0].snapshot() for book in books)

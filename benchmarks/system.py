@@ -1,0 +1,297 @@
+"""End-to-end benchmark of the running controller, against real processes on loopback.
+
+1. throughput: durable, acknowledged fills/s through StreamFills (100 and 1 fill per message,
+   10 and 1,000 accounts), each for ``SECONDS`` seconds, beside the echo service (the transport
+   ceiling) measured on the same shapes in the same run;
+2. latency: SubmitFill p50/p99 at a steady 500 fills/s;
+3. memory: controller RSS after 100k and after 1M fills;
+4. recovery: time from process start to SERVING on a journal of 1M fills.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from rich.console import Console
+from rich.table import Table
+
+from allocation.v1 import allocation_pb2, controller_service_pb2, controller_service_pb2_grpc
+
+ROOT = Path(__file__).resolve().parent.parent
+SECONDS = 6.0
+WINDOW = 32  # stream messages in flight per client stream
+TICKERS = ("AAPL", "MSFT", "AMZN", "GOOGL", "META", "NVDA", "TSLA", "JPM", "V", "JNJ")
+
+
+def free_port() -> int:
+    """A port that was free a moment ago (good enough on a benchmark machine)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class Server:
+    """A server process under measurement."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    started: float
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def rss_mb(self) -> float:
+        """Resident set size of the process, in MiB."""
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        raise RuntimeError("no VmRSS")
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(60)
+
+
+def start(module: str, *args: str) -> Server:
+    """Start ``python -m module`` on a free port and wait until its health check says SERVING."""
+    port = free_port()
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        [sys.executable, "-m", module, f"--port={port}", *args],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    server = Server(process, port, started)
+    with grpc.insecure_channel(server.address) as channel:
+        health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(), wait_for_ready=True, timeout=120
+        )
+    return server
+
+
+def time_to_serving(server: Server) -> float:
+    """Seconds from process start until the health check answered SERVING."""
+    with grpc.insecure_channel(server.address) as channel:
+        while True:
+            status = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), wait_for_ready=True, timeout=120
+            )
+            if status.status == health_pb2.HealthCheckResponse.SERVING:
+                return time.perf_counter() - server.started
+
+
+def start_controller(db: Path, accounts: int) -> Server:
+    """A controller on a fresh journal with a split over ``accounts`` equal accounts."""
+    server = start("controller", f"--db={db}", "--report-interval=3600")
+    percent = f"{100 / accounts:g}"
+    with grpc.insecure_channel(server.address) as channel:
+        controller_service_pb2_grpc.ControllerServiceStub(channel).SetAumSplit(
+            controller_service_pb2.SetAumSplitRequest(
+                split=allocation_pb2.AumSplit(
+                    percentages={f"acct-{i:04d}": percent for i in range(accounts)}
+                )
+            )
+        )
+    return server
+
+
+def fills(prefix: str, start_at: int, count: int) -> list[allocation_pb2.Fill]:
+    """Distinct buys with ids ``prefix-<n>``, prices varying in cents."""
+    return [
+        allocation_pb2.Fill(
+            fill_id=f"{prefix}-{n}",
+            ticker=TICKERS[n % len(TICKERS)],
+            price=f"{100 + n % 50}.{n % 100:02d}",
+            quantity=100 + n % 7,
+        )
+        for n in range(start_at, start_at + count)
+    ]
+
+
+def stream(
+    address: str,
+    per_message: int,
+    seconds: float | None = None,
+    total: int | None = None,
+    prefix: str = "b",
+    progress: Callable[[int], None] | None = None,
+) -> tuple[int, float]:
+    """Stream fills for ``seconds`` (or until ``total``); returns (acknowledged, elapsed)."""
+    room = threading.Semaphore(WINDOW)
+    stop = threading.Event()
+    sent = [0]
+
+    def requests() -> Iterator[controller_service_pb2.StreamFillsRequest]:
+        while not stop.is_set() and (total is None or sent[0] < total):
+            room.acquire()
+            batch = fills(prefix, sent[0], per_message)
+            sent[0] += per_message
+            yield controller_service_pb2.StreamFillsRequest(fills=batch)
+
+    acknowledged = 0
+    started = time.perf_counter()
+    with grpc.insecure_channel(address) as channel:
+        stub = controller_service_pb2_grpc.ControllerServiceStub(channel)
+        for response in stub.StreamFills(requests()):
+            room.release()
+            acknowledged += len(response.results)
+            if progress is not None:
+                progress(acknowledged)
+            if seconds is not None and time.perf_counter() - started >= seconds:
+                stop.set()
+    return acknowledged, time.perf_counter() - started
+
+
+@dataclass(frozen=True)
+class ThroughputRow:
+    """Acknowledged fills/s of the controller and of the echo ceiling for one shape."""
+
+    accounts: int
+    per_message: int
+    controller_fills_per_s: float
+    echo_fills_per_s: float
+
+
+def throughput(workdir: Path, seconds: float) -> list[ThroughputRow]:
+    """Controller and echo on the same four shapes, one after the other."""
+    rows = []
+    for accounts in (10, 1_000):
+        for per_message in (100, 1):
+            controller = start_controller(workdir / f"tp-{accounts}-{per_message}.db", accounts)
+            done, elapsed = stream(controller.address, per_message, seconds)
+            controller.stop()
+            echo = start("benchmarks.echo", f"--accounts={accounts}")
+            echo_done, echo_elapsed = stream(echo.address, per_message, seconds)
+            echo.stop()
+            rows.append(
+                ThroughputRow(accounts, per_message, done / elapsed, echo_done / echo_elapsed)
+            )
+    return rows
+
+
+@dataclass(frozen=True)
+class LatencyRow:
+    """SubmitFill latency at a steady rate."""
+
+    rate: float
+    calls: int
+    p50_ms: float
+    p99_ms: float
+
+
+def latency(workdir: Path, rate: float, seconds: float) -> LatencyRow:
+    """SubmitFill sent on a fixed schedule of ``rate`` calls/s; latencies of every call."""
+    controller = start_controller(workdir / "latency.db", 10)
+    latencies = []
+    with grpc.insecure_channel(controller.address) as channel:
+        stub = controller_service_pb2_grpc.ControllerServiceStub(channel)
+        calls = int(rate * seconds)
+        requests = [controller_service_pb2.SubmitFillRequest(fill=f) for f in fills("l", 0, calls)]
+        stub.SubmitFill(controller_service_pb2.SubmitFillRequest(fill=fills("warm", 0, 1)[0]))
+        due = time.perf_counter()
+        for request in requests:
+            due += 1 / rate
+            pause = due - time.perf_counter()
+            if pause > 0:
+                time.sleep(pause)
+            sent = time.perf_counter()
+            stub.SubmitFill(request, timeout=5)
+            latencies.append(time.perf_counter() - sent)
+    controller.stop()
+    cuts = statistics.quantiles(latencies, n=100)
+    return LatencyRow(rate, len(latencies), cuts[49] * 1e3, cuts[98] * 1e3)
+
+
+@dataclass(frozen=True)
+class ScaleRow:
+    """Memory while filling a journal, and recovery time on it."""
+
+    fills: int
+    rss_mb_at: dict[int, float]
+    fill_seconds: float
+    recovery_seconds: float
+    rss_mb_after_recovery: float
+
+
+def memory_and_recovery(workdir: Path, total: int) -> ScaleRow:
+    """Stream ``total`` fills (100 per message) noting RSS on the way, then restart and time
+    recovery to SERVING on the resulting journal."""
+    db = workdir / "scale.db"
+    controller = start_controller(db, 10)
+    checkpoints = sorted({min(100_000, total), total})
+    rss: dict[int, float] = {}
+
+    def note(acknowledged: int) -> None:
+        for checkpoint in checkpoints:
+            if acknowledged >= checkpoint and checkpoint not in rss:
+                rss[checkpoint] = controller.rss_mb()
+
+    done, elapsed = stream(controller.address, 100, total=total, prefix="m", progress=note)
+    assert done == total
+    controller.stop()
+    restarted = start("controller", f"--db={db}", "--report-interval=3600")
+    recovery = time_to_serving(restarted)
+    after = restarted.rss_mb()
+    restarted.stop()
+    return ScaleRow(total, rss, elapsed, recovery, after)
+
+
+def run(console: Console, quick: bool) -> dict[str, object]:
+    """All system benchmarks in one run; prints one table and returns the figures."""
+    seconds = 2.0 if quick else SECONDS
+    total = 100_000 if quick else 1_000_000
+    with tempfile.TemporaryDirectory(prefix="fill-allocator-bench-") as tmp:
+        workdir = Path(tmp)
+        rows = throughput(workdir, seconds)
+        lat = latency(workdir, 500.0, seconds)
+        scale = memory_and_recovery(workdir, total)
+    table = Table(title=f"System benchmark (real processes on loopback, {os.cpu_count()} cores)")
+    for column in ("measure", "result", "reference", "ratio", "target"):
+        table.add_column(column, justify="right")
+    targets = {(10, 100): ">= 50,000/s", (1_000, 100): ">= 5,000/s"}
+    for row in rows:
+        table.add_row(
+            f"StreamFills, {row.accounts:,} accounts, {row.per_message}/message",
+            f"{row.controller_fills_per_s:,.0f} fills/s",
+            f"echo {row.echo_fills_per_s:,.0f}/s",
+            f"{row.controller_fills_per_s / row.echo_fills_per_s:.2f}",
+            targets.get((row.accounts, row.per_message), ""),
+        )
+    table.add_row(
+        f"SubmitFill at {lat.rate:.0f}/s ({lat.calls} calls)",
+        f"p50 {lat.p50_ms:.2f} ms, p99 {lat.p99_ms:.2f} ms",
+        "",
+        "",
+        "p99 <= 2 ms",
+    )
+    for count, mb in sorted(scale.rss_mb_at.items()):
+        table.add_row(f"controller RSS after {count:,} fills", f"{mb:.0f} MiB", "", "", "<= 150 MB")
+    table.add_row(
+        f"recovery to SERVING, {scale.fills:,}-fill journal",
+        f"{scale.recovery_seconds:.2f} s",
+        f"journal filled in {scale.fill_seconds:.0f} s",
+        "",
+        "<= 3 s",
+    )
+    console.print(table)
+    return {
+        "throughput": [asdict(r) for r in rows],
+        "latency": asdict(lat),
+        "scale": {**asdict(scale), "rss_mb_at": {str(k): v for k, v in scale.rss_mb_at.items()}},
+    }
