@@ -98,7 +98,18 @@ def test_whole_system_reports_what_the_fill_servers_sent(
     )
     assert json.loads(jsonl.read_text().splitlines()[-1])["sequence"]
 
-    for program in (aum, controller, position):
+    # A fill server without --count runs until interrupted, then exits cleanly too.
+    endless = start(
+        programs,
+        "simulators",
+        "fills",
+        f"--controller={address}",
+        "--rate=20",
+        "--run-id=e2e-endless",
+        capture_output=True,
+    )
+    endless.wait_for_output("e2e-endless-v0-000000001")
+    for program in (endless, aum, controller, position):
         assert program.stop(signal.SIGINT) == 0, "".join(program.lines[-10:])
 
 
