@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 import pytest
@@ -35,6 +36,7 @@ from position.service import PositionService
 from tests.fakes import RecordingPositionService
 
 ROOT = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
 
 
 @dataclass
@@ -161,43 +163,37 @@ class Program:
                 self.output.append(line)
                 self._changed.notify_all()
 
-    def wait_for_output(self, text: str, timeout: float = 30.0) -> str:
-        """The first standard output line containing ``text``, waiting for it."""
-
-        def find() -> str | None:
-            return next((line for line in self.output if text in line), None)
-
+    def _await(self, find: Callable[[], T | None], what: str, timeout: float) -> T:
+        """Wait until ``find`` returns something (or the program exits); fail with context."""
         with self._changed:
             self._changed.wait_for(
                 lambda: find() is not None or self.process.poll() is not None, timeout
             )
-            line = find()
-        if line is None:
-            raise TimeoutError(
-                f"no output line with {text!r}; last:\n" + "".join(self.output[-20:])
-            )
-        return line
+            found = find()
+        if found is None:
+            tail = "".join(self.lines[-20:] + self.output[-20:])
+            raise TimeoutError(f"no {what}; last lines:\n{tail}")
+        return found
+
+    def wait_for_output(self, text: str, timeout: float = 30.0) -> str:
+        """The first standard output line containing ``text``, waiting for it."""
+        return self._await(
+            lambda: next((line for line in self.output if text in line), None),
+            f"output line with {text!r}",
+            timeout,
+        )
 
     def wait_for_entry(
         self, message: str, predicate: Callable[[dict[str, object]], bool], timeout: float = 30.0
     ) -> dict[str, object]:
         """The first log entry with ``message`` that satisfies ``predicate``, waiting for it."""
-
-        def find() -> dict[str, object] | None:
-            return next(
+        return self._await(
+            lambda: next(
                 (e for e in self.entries if e.get("message") == message and predicate(e)), None
-            )
-
-        with self._changed:
-            self._changed.wait_for(
-                lambda: find() is not None or self.process.poll() is not None, timeout
-            )
-            entry = find()
-        if entry is None:
-            raise TimeoutError(
-                f"no matching {message!r} entry; last:\n" + "".join(self.lines[-20:])
-            )
-        return entry
+            ),
+            f"matching {message!r} log entry",
+            timeout,
+        )
 
     def wait_for(self, message: str, timeout: float = 30.0) -> dict[str, object]:
         """The first structured log entry with this message, waiting for it to be written."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import asdict
 from fractions import Fraction
 
@@ -62,6 +63,20 @@ def run(book: Book, sequence: list[Fill | Split]) -> list[Allocation]:
     return out
 
 
+def fills_after_a_split(book: Book, sequence: list[Fill | Split]) -> Iterator[tuple[Fill, Problem]]:
+    """Apply the splits and the fills before the first split (pending); yield every later fill
+    with the oracle's view of the book just before it, for the caller to submit."""
+    split: Split | None = None
+    for event in sequence:
+        if isinstance(event, Split):
+            split = event
+            book.set_split(event)
+        elif split is None:
+            assert all(a.pending for a in run(book, [event]))
+        else:
+            yield event, problem_for(book, split, event)
+
+
 @pytest.mark.parametrize("path", PATHS)
 @settings(max_examples=150, deadline=None)
 @given(sequence=events(max_quantity=60))
@@ -69,16 +84,7 @@ def test_allocation_equals_unit_greedy_and_respects_limits(
     path: str, sequence: list[Fill | Split]
 ) -> None:
     book = Book(TICKERS, *PATHS[path])
-    split: Split | None = None
-    for event in sequence:
-        if isinstance(event, Split):
-            split = event
-            book.set_split(event)
-            continue
-        if split is None:
-            assert all(a.pending for a in run(book, [event]))
-            continue
-        problem = problem_for(book, split, event)
+    for event, problem in fills_after_a_split(book, sequence):
         if not problem.buy and sum(problem.holdings) < problem.quantity:
             before = book.snapshot()
             with pytest.raises(Rejected) as rejected:
@@ -97,16 +103,7 @@ def test_allocation_equals_unit_greedy_and_respects_limits(
 @given(sequence=events(max_events=12, max_quantity=7))
 def test_allocation_reaches_brute_force_minimum(path: str, sequence: list[Fill | Split]) -> None:
     book = Book(TICKERS, *PATHS[path])
-    split: Split | None = None
-    for event in sequence:
-        if isinstance(event, Split):
-            split = event
-            book.set_split(event)
-            continue
-        if split is None:
-            run(book, [event])
-            continue
-        problem = problem_for(book, split, event)
+    for event, problem in fills_after_a_split(book, sequence):
         try:
             allocation = book.submit(event)
         except Rejected:
@@ -135,16 +132,10 @@ def test_buy_keeps_receivers_within_one_share_of_target(sells: bool, data: st.Da
     """
     sequence = data.draw(events(max_quantity=500, sells=sells))
     book = Book(TICKERS)
-    split: Split | None = None
-    for event in sequence:
-        if isinstance(event, Split):
-            split = event
-            book.set_split(event)
-            continue
-        if split is None or event.side is Side.SELL:
+    for event, problem in fills_after_a_split(book, sequence):
+        if event.side is Side.SELL:
             run(book, [event])
             continue
-        problem = problem_for(book, split, event)
         shares = shares_of(book.submit(event), problem.accounts)
         outside = [v for v, p in zip(problem.values, problem.percents, strict=True) if p == 0]
         if any(v < 0 for v in outside):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+from decimal import Decimal
 from pathlib import Path
 
 import grpc
@@ -22,6 +23,20 @@ def start(programs: list[Program], *args: str, capture_output: bool = False) -> 
     program = start_program(*args, capture_output=capture_output)
     programs.append(program)
     return program
+
+
+def start_fills(programs: list[Program], address: str, run_id: str, *options: str) -> Program:
+    """A fill server at 20 fills/s streaming to ``address``, its output captured."""
+    return start(
+        programs,
+        "simulators",
+        "fills",
+        f"--controller={address}",
+        "--rate=20",
+        f"--run-id={run_id}",
+        *options,
+        capture_output=True,
+    )
 
 
 def parse_split_line(line: str) -> tuple[str, dict[str, str]]:
@@ -57,17 +72,8 @@ def test_whole_system_reports_what_the_fill_servers_sent(
         capture_output=True,
     )
     count = 70
-    fills = start(
-        programs,
-        "simulators",
-        "fills",
-        f"--controller={address}",
-        "--rate=20",
-        "--seed=5",
-        f"--count={count}",
-        "--run-id=e2e",
-        "--sell-ratio=0.3",
-        capture_output=True,
+    fills = start_fills(
+        programs, address, "e2e", "--seed=5", f"--count={count}", "--sell-ratio=0.3"
     )
     finished = fills.wait_for("finished", timeout=60)
     assert fills.process.wait(10) == 0
@@ -89,25 +95,17 @@ def test_whole_system_reports_what_the_fill_servers_sent(
     assert split_id == latest.split_id
     targets = {a.account: a.target_percent for a in latest.accounts if a.target_percent != "0"}
     assert targets == {
-        account: str(float(p)).rstrip("0").rstrip(".") for account, p in percents.items()
+        account: format(Decimal(p).normalize(), "f") for account, p in percents.items()
     }
-    assert position.wait_for_output("Positions report #")
-    assert any(
-        '"fill_count": "70"' in line or '"fillCount": "70"' in line
-        for line in jsonl.read_text().splitlines()
-    )
-    assert json.loads(jsonl.read_text().splitlines()[-1])["sequence"]
+    assert position.wait_for_output(f"Positions report #{entry['sequence']} ")
+    assert not any("\x1b[" in line for line in position.output), "escape codes in piped output"
+    # The JSON lines use the protobuf JSON mapping: camelCase names, int64 as strings.
+    logged = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert [int(r["sequence"]) for r in logged] == sorted({int(r["sequence"]) for r in logged})
+    assert any(r.get("fillCount") == str(count) for r in logged)
 
     # A fill server without --count runs until interrupted, then exits cleanly too.
-    endless = start(
-        programs,
-        "simulators",
-        "fills",
-        f"--controller={address}",
-        "--rate=20",
-        "--run-id=e2e-endless",
-        capture_output=True,
-    )
+    endless = start_fills(programs, address, "e2e-endless")
     endless.wait_for_output("e2e-endless-v0-000000001")
     for program in (endless, aum, controller, position):
         assert program.stop(signal.SIGINT) == 0, "".join(program.lines[-10:])
@@ -126,17 +124,7 @@ def test_fill_server_resends_across_a_controller_crash_and_nothing_is_doubled(
             split_request({"a": "50", "b": "30", "c": "20"})
         )
     count = 120
-    fills = start(
-        programs,
-        "simulators",
-        "fills",
-        f"--controller={address}",
-        "--rate=20",
-        "--seed=9",
-        f"--count={count}",
-        "--run-id=crash",
-        capture_output=True,
-    )
+    fills = start_fills(programs, address, "crash", "--seed=9", f"--count={count}")
     fills.wait_for_output("crash-v0-000000030")
     first.process.send_signal(signal.SIGKILL)
     first.process.wait(10)
