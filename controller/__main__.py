@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -88,12 +89,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the controller until SIGTERM/SIGINT, then drain, commit and exit 0."""
+    """Run the controller until SIGTERM/SIGINT, then drain, commit and exit 0; exit 1 if the
+    journal cannot be written."""
     args = parse_args(argv)
     configure_logging(args.log_level)
     started = time.perf_counter()
     journal = Journal(args.db, synchronous=args.sync.upper())
-    sequencer = Sequencer(Book(args.tickers), journal, args.checkpoint_interval)
+    writer_failed = threading.Event()
+    sequencer = Sequencer(
+        Book(args.tickers), journal, args.checkpoint_interval, on_failure=writer_failed.set
+    )
     counters = sequencer.counters
     log.info(
         "recovered journal",
@@ -119,7 +124,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     reporter.start()
     set_serving(health, [SERVICE_NAME])
     log.info("listening", extra={"port": port, "host": args.host, "tickers": list(args.tickers)})
-    signum = wait_for_signal()
+    signum = wait_for_signal(writer_failed)
+    if signum is None:
+        log.critical("journal write failed; exiting so that a restart recovers from the journal")
     log.info("stopping", extra={"signal": signum})
     health.enter_graceful_shutdown()
     reporter.stop()
@@ -127,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sequencer.stop()
     journal.close()
     log.info("stopped", extra={"next_sequence": sequencer.counters.next_sequence})
-    return 0
+    return 0 if signum is not None else 1
 
 
 if __name__ == "__main__":

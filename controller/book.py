@@ -127,26 +127,11 @@ class Book:
         self._pending_net = dict.fromkeys(self._tickers, 0)
 
     @property
-    def tickers(self) -> tuple[str, ...]:
-        """The ticker universe this book accepts."""
-        return self._tickers
-
-    @property
-    def split(self) -> Split | None:
-        """The split in force, or None before the first one."""
-        return self._split
-
-    @property
     def fill_count(self) -> int:
         """Fills allocated so far (pending fills excluded)."""
         return self._fill_count
 
-    @property
-    def pending(self) -> tuple[Fill, ...]:
-        """Fills held until the first split, in arrival order."""
-        return tuple(self._pending)
-
-    def check(self, fill: Fill) -> None:
+    def _check(self, fill: Fill) -> None:
         """Raise ``Rejected`` if ``fill`` cannot be applied now; changes nothing."""
         if fill.ticker not in self._quantity:
             raise Rejected(
@@ -176,7 +161,7 @@ class Book:
         Raises ``Rejected`` (and changes nothing) for an unknown ticker, an oversell, or a fill
         past the book's value limit.
         """
-        self.check(fill)
+        self._check(fill)
         if self._split is None:
             self._pending.append(fill)
             signed = fill.quantity if fill.side is Side.BUY else -fill.quantity
@@ -244,7 +229,7 @@ class Book:
         self._cache_buy_lists()
 
     def _allocate(self, fill: Fill) -> Allocation:
-        """Allocate a fill that ``check`` accepted (at submission, or while it was pending)."""
+        """Allocate a fill that ``_check`` accepted (at submission, or while it was pending)."""
         assert self._split is not None
         buy = fill.side is Side.BUY
         new_total = self._total + fill.value if buy else self._total - fill.value

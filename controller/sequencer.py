@@ -62,10 +62,18 @@ class _Request:
 class Sequencer:
     """Owns the book and the journal; everything that reads or changes them goes through here."""
 
-    def __init__(self, book: Book, journal: Journal, checkpoint_interval: float = 1.0) -> None:
+    def __init__(
+        self,
+        book: Book,
+        journal: Journal,
+        checkpoint_interval: float = 1.0,
+        on_failure: Callable[[], None] | None = None,
+    ) -> None:
         """Recover the book from the journal; call ``start`` to begin serving. Positions are
-        checkpointed at most every ``checkpoint_interval`` seconds, and on ``stop``."""
+        checkpointed at most every ``checkpoint_interval`` seconds, and on ``stop``.
+        ``on_failure`` is called once if a journal write fails and the writer stops."""
         self._book = book
+        self._on_failure = on_failure
         self._checkpoint_interval = checkpoint_interval
         self._last_checkpoint = time.monotonic()
         self._journal = journal
@@ -81,6 +89,7 @@ class Sequencer:
             recovered.pending,
         )
         self._counters = counters
+        self._next_sequence = counters.next_sequence
         self._recent: dict[str, StoredFill] = {}
         self._recent_splits: dict[str, StoredSplit] = {}
         self._queue: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
@@ -102,11 +111,6 @@ class Sequencer:
             self._queue.put(_Request(lambda _: None, Future(), writes=True, checkpoint=True))
             self._queue.put(None)
             self._thread.join()
-
-    @property
-    def failure(self) -> BaseException | None:
-        """The journal error that stopped the writer, if any."""
-        return self._failure
 
     def submit_fills(self, items: list[Fill | Rejected]) -> list[FillOutcome]:
         """Apply validated fills in order (validation failures pass through as rejections)."""
@@ -179,7 +183,10 @@ class Sequencer:
                 outcomes.append((request, None, rejected))
         if any(request.writes for request in group):
             self._counters = replace(
-                self._counters, fill_count=self._book.fill_count, gross=self._book.gross
+                self._counters,
+                next_sequence=self._next_sequence,
+                fill_count=self._book.fill_count,
+                gross=self._book.gross,
             )
             now = time.monotonic()
             if (
@@ -202,6 +209,8 @@ class Sequencer:
                 self._failure = error
                 for request, _, _ in outcomes:
                     request.future.set_exception(SequencerStopped(f"journal write failed: {error}"))
+                if self._on_failure is not None:
+                    self._on_failure()
                 return
             finally:
                 self._recent.clear()
@@ -214,8 +223,8 @@ class Sequencer:
                 request.future.set_exception(rejection)
 
     def _take_sequence(self) -> int:
-        sequence = self._counters.next_sequence
-        self._counters = replace(self._counters, next_sequence=sequence + 1)
+        sequence = self._next_sequence
+        self._next_sequence += 1
         return sequence
 
     def _apply_fills(self, items: list[Fill | Rejected], batch: JournalBatch) -> list[FillOutcome]:

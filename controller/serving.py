@@ -79,10 +79,11 @@ def set_serving(health_servicer: health.HealthServicer, service_names: Iterable[
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
 
 
-def wait_for_signal() -> int:
-    """Block until SIGTERM or SIGINT; returns the signal number."""
+def wait_for_signal(stop: threading.Event | None = None) -> int | None:
+    """Block until SIGTERM or SIGINT (returns the signal number) or until ``stop`` is set by
+    someone else (returns None)."""
     received: list[int] = []
-    done = threading.Event()
+    done = stop if stop is not None else threading.Event()
 
     def handler(signum: int, _frame: FrameType | None) -> None:
         received.append(signum)
@@ -91,4 +92,4 @@ def wait_for_signal() -> int:
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
     done.wait()
-    return received[0]
+    return received[0] if received else None

@@ -9,7 +9,7 @@ import pytest
 from controller.book import Book
 from controller.domain import Fill, Side, Split
 from controller.journal import Journal
-from controller.sequencer import Sequencer
+from controller.sequencer import Sequencer, SequencerStopped
 from tests.strategies import TICKERS
 
 
@@ -63,3 +63,27 @@ def test_recovered_book_equals_the_book_that_wrote_the_journal(
     reader.stop()
     writer.stop()
     writer_journal.close()
+
+
+def test_a_failed_journal_write_stops_the_writer_and_acknowledges_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    journal = Journal(tmp_path / "journal.db", synchronous="NORMAL")
+    failures: list[bool] = []
+    sequencer = Sequencer(Book(TICKERS), journal, on_failure=lambda: failures.append(True))
+    sequencer.start()
+    sequencer.set_split(Split("s1", {"a": 100_000_000}))
+
+    def broken_write(*_: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(journal, "write", broken_write)
+    with pytest.raises(SequencerStopped, match="disk full"):
+        sequencer.submit_fills([Fill("lost", "AAPL", 1_000_000, 1)])
+    assert failures == [True]
+    with pytest.raises(SequencerStopped):
+        sequencer.snapshot()
+    monkeypatch.undo()
+    sequencer.stop()
+    recovered = Sequencer(Book(TICKERS), Journal(tmp_path / "journal.db", synchronous="NORMAL"))
+    assert recovered.counters.fill_count == 0
