@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import signal
+import urllib.request
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from allocation.v1 import allocation_pb2, controller_service_pb2, controller_service_pb2_grpc
+from benchmarks.system import free_port
 from tests.conftest import Program, fill, split_request, start_program
 
 
@@ -17,10 +19,11 @@ def connect(port: int) -> tuple[grpc.Channel, controller_service_pb2_grpc.Contro
     return channel, controller_service_pb2_grpc.ControllerServiceStub(channel)
 
 
-def start_controller(db: Path, programs: list[Program]) -> Program:
+def start_controller(db: Path, programs: list[Program], *options: str) -> Program:
     # No position service: every report attempt still consumes a durable sequence number.
     program = start_program(
         "controller",
+        *options,
         "--port=0",
         f"--db={db}",
         "--report-interval=0.05",
@@ -86,7 +89,8 @@ def test_kill_9_and_restart_keeps_every_acknowledged_fill_exactly_once(
     first.process.send_signal(signal.SIGKILL)
     first.process.wait(10)
 
-    second = start_controller(db, programs)
+    metrics_port = free_port()
+    second = start_controller(db, programs, f"--metrics-port={metrics_port}")
     channel, stub = connect(second.port)
     health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
     assert health.status == health_pb2.HealthCheckResponse.SERVING
@@ -113,5 +117,10 @@ def test_kill_9_and_restart_keeps_every_acknowledged_fill_exactly_once(
         assert result.allocation == accepted[result.fill_id]
     assert snapshot(stub) == before
     channel.close()
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as page:
+        metrics = page.read().decode()
+    duplicates = f'allocation_fills_total{{outcome="duplicate",reason=""}} {len(accepted)}.0'
+    assert duplicates in metrics
+    assert "allocation_journal_commit_seconds_bucket" in metrics
     assert second.stop(signal.SIGTERM) == 0
     assert any('"stopped"' in line for line in second.lines)

@@ -71,9 +71,10 @@ def test_whole_system_reports_what_the_fill_servers_sent(
         "--run-id=e2e",
         capture_output=True,
     )
+    # Two independent fill servers (own id prefixes), 35 fills each.
     count = 70
     fills = start_fills(
-        programs, address, "e2e", "--seed=5", f"--count={count}", "--sell-ratio=0.3"
+        programs, address, "e2e", "--seed=5", "--count=35", "--servers=2", "--sell-ratio=0.3"
     )
     finished = fills.wait_for("finished", timeout=60)
     assert fills.process.wait(10) == 0
