@@ -116,9 +116,8 @@ class Book:
         self._last_price: dict[str, int] = {}
         self._split: Split | None = None
         # Per-split lists for the small path: accounts that can receive buys, in index order.
-        self._buy_eligible: list[int] = []
+        self._buy_eligible: npt.NDArray[np.intp] = np.zeros(0, dtype=np.intp)
         self._buy_weights: list[int] = []
-        self._buy_hashes: list[int] = []
         self._weight_total = 0
         self._total = 0
         self._gross = 0
@@ -192,9 +191,8 @@ class Book:
 
     def _cache_buy_lists(self) -> None:
         """Refresh the small path's per-split lists (after a split or a re-indexing)."""
-        self._buy_eligible = np.flatnonzero(self._weight).tolist()
+        self._buy_eligible = np.flatnonzero(self._weight)
         self._buy_weights = self._weight[self._buy_eligible].tolist()
-        self._buy_hashes = self._account_hash[self._buy_eligible].tolist()
 
     def _add_accounts(self, names: Iterable[str]) -> None:
         """Give new accounts zeroed state, keeping every array in account-name order.
@@ -233,9 +231,8 @@ class Book:
         assert self._split is not None
         buy = fill.side is Side.BUY
         new_total = self._total + fill.value if buy else self._total - fill.value
-        fill_hash = stable_hash64(fill.fill_id)
         holdings = self._quantity[fill.ticker]
-        eligible = self._buy_eligible if buy else np.flatnonzero(holdings).tolist()
+        eligible = self._buy_eligible if buy else np.flatnonzero(holdings)
         if len(eligible) <= self._small_book:
             values = self._value[eligible].tolist()
             scale = self._weight_total
@@ -249,27 +246,33 @@ class Book:
                 caps = holdings[eligible].tolist()
                 weights = self._weight[eligible].tolist()
                 scores = [scale * v - w * new_total for w, v in zip(weights, values, strict=True)]
-            receivers, quantities = self._shares_python(fill, eligible, scores, caps, fill_hash)
+            receivers, quantities = self._shares_python(fill, eligible, scores, caps)
         else:
-            receivers, quantities = self._shares_vector(fill, new_total, fill_hash, buy)
+            receivers, quantities = self._shares_vector(fill, new_total, buy)
         return self._apply(fill, receivers, quantities, new_total)
 
     def _shares_python(
-        self, fill: Fill, indices: list[int], scores: list[int], caps: list[int], fill_hash: int
+        self, fill: Fill, indices: npt.NDArray[np.intp], scores: list[int], caps: list[int]
     ) -> tuple[npt.NDArray[np.intp], Int64Array]:
         """Exact Python-integer path over a few accounts (their exact scaled scores given)."""
-        hashes = self._account_hash[indices].tolist()
-        keys = [mix64(h ^ fill_hash) for h in hashes]
-        scale = self._weight_total
-        picked = allocate_small(scores, caps, scale * fill.price, fill.quantity, keys)
-        taken = [(i, x) for i, x in zip(indices, picked, strict=True) if x]
-        return (
-            np.array([i for i, _ in taken], dtype=np.intp),
-            np.array([x for _, x in taken], dtype=np.int64),
+        account_hash = self._account_hash
+        fill_hash: list[int] = []
+
+        def key_of(j: int) -> int:
+            # Hashing is needed only for exact ties at the remainder cut: do it on demand.
+            if not fill_hash:
+                fill_hash.append(stable_hash64(fill.fill_id))
+            return mix64(int(account_hash[indices[j]]) ^ fill_hash[0])
+
+        picked = np.array(
+            allocate_small(scores, caps, self._weight_total * fill.price, fill.quantity, key_of),
+            dtype=np.int64,
         )
+        taken = np.flatnonzero(picked)
+        return indices[taken], picked[taken]
 
     def _shares_vector(
-        self, fill: Fill, new_total: int, fill_hash: int, buy: bool
+        self, fill: Fill, new_total: int, buy: bool
     ) -> tuple[npt.NDArray[np.intp], Int64Array]:
         """numpy path for large books; the exact search runs on the accounts that can win."""
         scale = self._weight_total
@@ -296,15 +299,14 @@ class Book:
             cut = np.partition(live_head, len(live) - fill.quantity)[len(live) - fill.quantity]
             live = live[live_head >= cut]
         if len(live) <= self._python_candidates:
-            indices = live.tolist()
             scores = [
                 scale * h + r for h, r in zip(head[live].tolist(), frac[live].tolist(), strict=True)
             ]
-            return self._shares_python(fill, indices, scores, caps[live].tolist(), fill_hash)
+            return self._shares_python(fill, live, scores, caps[live].tolist())
         account_hash = self._account_hash
-        seed = np.uint64(fill_hash)
 
         def keys_of(indices: npt.NDArray[np.intp]) -> UInt64Array:
+            seed = np.uint64(stable_hash64(fill.fill_id))
             return mix64_array(account_hash[live[indices]] ^ seed)
 
         if len(live) < len(head):

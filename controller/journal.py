@@ -22,7 +22,7 @@ from controller.domain import Allocation, Fill, Side, Split
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS fills (
     fill_id TEXT PRIMARY KEY,
-    sequence INTEGER NOT NULL UNIQUE,
+    sequence INTEGER NOT NULL,
     ticker TEXT NOT NULL,
     price INTEGER NOT NULL,
     quantity INTEGER NOT NULL,
@@ -52,7 +52,8 @@ CREATE TABLE IF NOT EXISTS last_prices (ticker TEXT PRIMARY KEY, price INTEGER N
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 
-# Micro-units; JSON keeps the allocation of one fill in one row.
+# Amounts in micro-units. An allocation is two comma-separated lists in its fill's row (account
+# names cannot contain commas: see controller.validation.ACCOUNT).
 _FILL_COLUMNS = (
     "fill_id, sequence, ticker, price, quantity, sell, execute_time_ns, split_id, accounts,"
     " quantities, allocated_sequence"
@@ -166,7 +167,7 @@ class Journal:
         )
         for ticker, price, sell, accounts, quantities in replayed:
             sign = -1 if sell else 1
-            for account, quantity in zip(json.loads(accounts), json.loads(quantities), strict=True):
+            for account, quantity in zip(accounts.split(","), _split_ints(quantities), strict=True):
                 total = totals.setdefault((account, ticker), [0, 0])
                 total[0] += sign * quantity
                 total[1] += sign * quantity * price
@@ -204,8 +205,8 @@ class Journal:
                 [
                     (
                         a.split_id,
-                        json.dumps(a.accounts),
-                        json.dumps(a.quantities),
+                        ",".join(a.accounts),
+                        _join_ints(a.quantities),
                         sequence,
                         a.fill.fill_id,
                     )
@@ -253,8 +254,8 @@ class Journal:
             allocation = Allocation(
                 fill=fill,
                 split_id=split_id or "",
-                accounts=tuple(json.loads(accounts)) if accounts else (),
-                quantities=tuple(json.loads(qs)) if qs else (),
+                accounts=tuple(accounts.split(",")) if accounts else (),
+                quantities=_split_ints(qs) if qs else (),
             )
             yield StoredFill(sequence, allocation)
 
@@ -272,10 +273,18 @@ def _fill_row(stored: StoredFill) -> tuple[object, ...]:
         int(fill.side is Side.SELL),
         fill.execute_time_ns,
         None if pending else allocation.split_id,
-        None if pending else json.dumps(allocation.accounts),
-        None if pending else json.dumps(allocation.quantities),
+        None if pending else ",".join(allocation.accounts),
+        None if pending else _join_ints(allocation.quantities),
         None if pending else stored.sequence,
     )
+
+
+def _join_ints(values: tuple[int, ...]) -> str:
+    return ",".join(map(str, values))
+
+
+def _split_ints(text: str) -> tuple[int, ...]:
+    return tuple(map(int, text.split(",")))
 
 
 def _split_from_row(row: tuple[int, str, str, int | None]) -> StoredSplit:

@@ -25,7 +25,7 @@ from controller.domain import Fill, Rejected, RejectReason
 from controller.metrics import FILLS, SPLITS
 from controller.sequencer import FillOutcome, Sequencer, SequencerStopped
 from controller.validation import parse_fill, parse_split, require_fill_id
-from controller.wire import allocation_message, rejection_message, report_message
+from controller.wire import rejection_message, report_message, write_allocation
 
 MAX_FILLS_PER_MESSAGE = 10_000
 # Messages of one stream validated and queued ahead of the one being answered.
@@ -80,17 +80,16 @@ def _count_fills(outcomes: Sequence[FillOutcome]) -> None:
         FILLS.labels(outcome_name, reason).inc(count)
 
 
-def _fill_result(fill_id: str, outcome: FillOutcome) -> controller_service_pb2.FillResult:
+def _write_result(
+    target: controller_service_pb2.FillResult, fill_id: str, outcome: FillOutcome
+) -> None:
+    target.fill_id = fill_id
     if outcome.rejection is not None:
-        return controller_service_pb2.FillResult(
-            fill_id=fill_id, rejection=rejection_message(outcome.rejection)
-        )
+        target.rejection.CopyFrom(rejection_message(outcome.rejection))
+        return
     assert outcome.stored is not None
-    return controller_service_pb2.FillResult(
-        fill_id=fill_id,
-        allocation=allocation_message(outcome.stored.allocation, outcome.stored.sequence),
-        duplicate=outcome.duplicate,
-    )
+    write_allocation(target.allocation, outcome.stored.allocation, outcome.stored.sequence)
+    target.duplicate = outcome.duplicate
 
 
 class ControllerService(controller_service_pb2_grpc.ControllerServiceServicer):
@@ -129,10 +128,9 @@ class ControllerService(controller_service_pb2_grpc.ControllerServiceServicer):
         if outcome.rejection is not None:
             _abort(context, outcome.rejection, "allocation.v1.Fill")
         assert outcome.stored is not None
-        return controller_service_pb2.SubmitFillResponse(
-            allocation=allocation_message(outcome.stored.allocation, outcome.stored.sequence),
-            duplicate=outcome.duplicate,
-        )
+        response = controller_service_pb2.SubmitFillResponse(duplicate=outcome.duplicate)
+        write_allocation(response.allocation, outcome.stored.allocation, outcome.stored.sequence)
+        return response
 
     def StreamFills(
         self,
@@ -163,12 +161,11 @@ class ControllerService(controller_service_pb2_grpc.ControllerServiceServicer):
                 context.abort(grpc.StatusCode.UNAVAILABLE, str(stopped))
             room.release()
             _count_fills(outcomes)
-            yield controller_service_pb2.StreamFillsResponse(
-                results=[
-                    _fill_result(message.fill_id, outcome)
-                    for message, outcome in zip(request.fills, outcomes, strict=True)
-                ]
-            )
+            response = controller_service_pb2.StreamFillsResponse()
+            add = response.results.add
+            for message, outcome in zip(request.fills, outcomes, strict=True):
+                _write_result(add(), message.fill_id, outcome)
+            yield response
 
     def _read_fills(
         self,
@@ -272,6 +269,6 @@ class ControllerService(controller_service_pb2_grpc.ControllerServiceServicer):
             context.abort(
                 grpc.StatusCode.NOT_FOUND, f"fill_id {request.fill_id!r} is not in the journal"
             )
-        return controller_service_pb2.GetFillAllocationResponse(
-            allocation=allocation_message(stored.allocation, stored.sequence)
-        )
+        response = controller_service_pb2.GetFillAllocationResponse()
+        write_allocation(response.allocation, stored.allocation, stored.sequence)
+        return response

@@ -50,9 +50,12 @@ def mix64_array(values: UInt64Array) -> UInt64Array:
 
 
 def allocate_small(
-    scores: Sequence[int], caps: Sequence[int], step: int, q: int, keys: Sequence[int]
+    scores: Sequence[int], caps: Sequence[int], step: int, q: int, key_of: Callable[[int], int]
 ) -> list[int]:
     """Take the ``q`` best slots; exact on Python integers. Requires ``sum(caps) >= q``.
+
+    ``key_of(i)`` is account i's tie key; it is asked only for accounts that tie exactly where
+    the remainder is cut, which is rare, so it may be costly.
 
     Caps are handled by the classic fixing rule: an account whose uncapped share exceeds its cap
     is at its cap in the capped optimum too, because removing slots can only lower the threshold.
@@ -61,7 +64,7 @@ def allocate_small(
     free = [i for i, cap in enumerate(caps) if cap > 0]
     remaining = q
     while remaining > 0:
-        uncapped = _uncapped_small(scores, free, step, remaining, keys)
+        uncapped = _uncapped_small(scores, free, step, remaining, key_of)
         saturated = [i for i in free if uncapped[i] > caps[i]]
         if not saturated:
             for i in free:
@@ -76,7 +79,7 @@ def allocate_small(
 
 
 def _uncapped_small(
-    scores: Sequence[int], free: Sequence[int], step: int, q: int, keys: Sequence[int]
+    scores: Sequence[int], free: Sequence[int], step: int, q: int, key_of: Callable[[int], int]
 ) -> dict[int, int]:
     """Uncapped water-filling over ``free``: continuous threshold, floors, then remainders."""
     # Order among equal scores does not move the threshold, so no tie key is needed here.
@@ -101,8 +104,13 @@ def _uncapped_small(
     # residual slot, and every floor slot strictly beats every residual slot.
     leftover = q - given
     if leftover:
-        by_residual = sorted(free, key=lambda i: (step * shares[i] - scores[i], keys[i]))
-        for i in by_residual[:leftover]:
+        # Smaller is better: the negated residual slot of each account.
+        behind = {i: step * shares[i] - scores[i] for i in free}
+        by_residual = sorted(free, key=behind.__getitem__)
+        cut = behind[by_residual[leftover - 1]]
+        winners = [i for i in by_residual[:leftover] if behind[i] < cut]
+        tied = sorted((i for i in by_residual if behind[i] == cut), key=key_of)
+        for i in winners + tied[: leftover - len(winners)]:
             shares[i] += 1
     return shares
 
