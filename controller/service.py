@@ -146,26 +146,33 @@ class ControllerService(controller_service_pb2_grpc.ControllerServiceServicer):
             tuple[controller_service_pb2.StreamFillsRequest, Future[list[FillOutcome]]] | None
         ] = queue.SimpleQueue()
         room = threading.Semaphore(STREAM_PIPELINE_DEPTH)
+        answering = threading.Event()
+        answering.set()
         reader = threading.Thread(
             target=self._read_fills,
-            args=(request_iterator, in_flight, room),
+            args=(request_iterator, in_flight, room, answering),
             name="stream-fills-reader",
             daemon=True,
         )
         reader.start()
-        while (entry := in_flight.get()) is not None:
-            request, future = entry
-            try:
-                outcomes = future.result()
-            except SequencerStopped as stopped:
-                context.abort(grpc.StatusCode.UNAVAILABLE, str(stopped))
-            room.release()
-            _count_fills(outcomes)
-            response = controller_service_pb2.StreamFillsResponse()
-            add = response.results.add
-            for message, outcome in zip(request.fills, outcomes, strict=True):
-                _write_result(add(), message.fill_id, outcome)
-            yield response
+        try:
+            while (entry := in_flight.get()) is not None:
+                request, future = entry
+                try:
+                    outcomes = future.result()
+                except SequencerStopped as stopped:
+                    context.abort(grpc.StatusCode.UNAVAILABLE, str(stopped))
+                room.release()
+                _count_fills(outcomes)
+                response = controller_service_pb2.StreamFillsResponse()
+                add = response.results.add
+                for message, outcome in zip(request.fills, outcomes, strict=True):
+                    _write_result(add(), message.fill_id, outcome)
+                yield response
+        finally:
+            # Cancelled or aborted: wake a reader waiting for room so that it can finish.
+            answering.clear()
+            room.release(STREAM_PIPELINE_DEPTH)
 
     def _read_fills(
         self,
@@ -174,10 +181,13 @@ class ControllerService(controller_service_pb2_grpc.ControllerServiceServicer):
             tuple[controller_service_pb2.StreamFillsRequest, Future[list[FillOutcome]]] | None
         ],
         room: threading.Semaphore,
+        answering: threading.Event,
     ) -> None:
         try:
             for request in request_iterator:
                 room.acquire()
+                if not answering.is_set():
+                    break
                 try:
                     future = self._sequencer.submit_fills_later(self._parse_batch(request.fills))
                 except SequencerStopped as stopped:

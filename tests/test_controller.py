@@ -6,6 +6,7 @@ import queue
 import threading
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import Future
 
 import grpc
 import pytest
@@ -16,7 +17,10 @@ from grpc_status import rpc_status
 from prometheus_client import REGISTRY
 
 from allocation.v1 import allocation_pb2, controller_service_pb2
+from controller.domain import Fill, Rejected
 from controller.reporter import Reporter
+from controller.sequencer import FillOutcome, SequencerStopped
+from controller.service import STREAM_PIPELINE_DEPTH
 from tests.conftest import (
     FakePositionServer,
     RunningController,
@@ -414,3 +418,38 @@ def test_allocation_continues_without_position_service_and_reports_resume(
 def test_report_sequences_never_repeat(controller: RunningController) -> None:
     seen = Counter(controller.sequencer.next_report()[1] for _ in range(50))
     assert max(seen.values()) == 1
+
+
+def test_a_stream_aborted_by_a_writer_failure_leaves_no_reader_behind(
+    controller: RunningController, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reader fills the pipeline and waits for room; the writer then fails. The call must
+    end with UNAVAILABLE and the reader must not stay blocked."""
+    controller.stub.SetAumSplit(split_request(SPLIT))
+    pipeline_full = threading.Event()
+    held: list[Future[list[FillOutcome]]] = []
+
+    def failing_submit(items: list[Fill | Rejected]) -> Future[list[FillOutcome]]:
+        future: Future[list[FillOutcome]] = Future()
+        held.append(future)
+        if len(held) == STREAM_PIPELINE_DEPTH:
+            pipeline_full.set()
+        return future
+
+    monkeypatch.setattr(controller.sequencer, "submit_fills_later", failing_submit)
+    requests = (
+        controller_service_pb2.StreamFillsRequest(fills=[fill(f"lost-{n}")])
+        for n in range(STREAM_PIPELINE_DEPTH * 3)
+    )
+    call = controller.stub.StreamFills(requests)
+    assert pipeline_full.wait(10)
+    readers = [t for t in threading.enumerate() if t.name == "stream-fills-reader"]
+    assert readers
+    for future in held:
+        future.set_exception(SequencerStopped("journal write failed: disk full"))
+    with pytest.raises(grpc.RpcError) as raised:
+        list(call)
+    assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+    for reader in readers:
+        reader.join(timeout=10)
+        assert not reader.is_alive()
