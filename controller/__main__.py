@@ -13,7 +13,7 @@ from prometheus_client import start_http_server
 
 from allocation.v1 import controller_service_pb2, controller_service_pb2_grpc
 from controller.book import Book
-from controller.journal import Journal
+from controller.journal import Journal, JournalVersionError
 from controller.reporter import Reporter
 from controller.sequencer import Sequencer
 from controller.service import ControllerService
@@ -90,11 +90,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the controller until SIGTERM/SIGINT, then drain, commit and exit 0; exit 1 if the
-    journal cannot be written."""
+    journal cannot be written, 2 if it is of an unsupported schema version."""
     args = parse_args(argv)
     configure_logging(args.log_level)
     started = time.perf_counter()
-    journal = Journal(args.db, synchronous=args.sync.upper())
+    try:
+        journal = Journal(args.db, synchronous=args.sync.upper())
+    except JournalVersionError as error:
+        log.critical("cannot open the journal", extra={"error": str(error)})
+        return 2
     writer_failed = threading.Event()
     sequencer = Sequencer(
         Book(args.tickers), journal, args.checkpoint_interval, on_failure=writer_failed.set

@@ -19,6 +19,14 @@ from pathlib import Path
 from controller.book import PositionRow
 from controller.domain import Allocation, Fill, Side, Split
 
+# Stored in SQLite's user_version; a journal of another version is refused, not misread.
+SCHEMA_VERSION = 1
+
+
+class JournalVersionError(RuntimeError):
+    """The journal file was written by an incompatible version of the controller."""
+
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS fills (
     fill_id TEXT PRIMARY KEY,
@@ -121,7 +129,16 @@ class Journal:
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={synchronous}")
-        self._db.executescript(_SCHEMA)
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version == 0:
+            self._db.executescript(_SCHEMA)
+            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        elif version != SCHEMA_VERSION:
+            self._db.close()
+            raise JournalVersionError(
+                f"{path} has journal schema version {version}; this controller reads"
+                f" version {SCHEMA_VERSION}"
+            )
 
     def close(self) -> None:
         """Close the database (everything written is already committed)."""

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
 
 from controller.book import Book
 from controller.domain import Fill, Side, Split
-from controller.journal import Journal
+from controller.journal import Journal, JournalVersionError
 from controller.sequencer import Sequencer, SequencerStopped
 from tests.strategies import TICKERS
 
@@ -87,3 +88,12 @@ def test_a_failed_journal_write_stops_the_writer_and_acknowledges_nothing(
     sequencer.stop()
     recovered = Sequencer(Book(TICKERS), Journal(tmp_path / "journal.db", synchronous="NORMAL"))
     assert recovered.counters.fill_count == 0
+
+
+def test_a_journal_of_another_schema_version_is_refused(tmp_path: Path) -> None:
+    db = tmp_path / "journal.db"
+    Journal(db).close()
+    with sqlite3.connect(db) as raw:
+        raw.execute("PRAGMA user_version=99")
+    with pytest.raises(JournalVersionError, match="version 99"):
+        Journal(db)
