@@ -163,19 +163,24 @@ class Journal:
                 f"SELECT {_FILL_COLUMNS} FROM fills WHERE split_id IS NULL ORDER BY sequence", ()
             )
         ]
-        last_prices = dict(self._db.execute("SELECT ticker, price FROM last_prices"))
+        checkpoint_prices = dict(self._db.execute("SELECT ticker, price FROM last_prices"))
+        positions, last_prices = self._replay(
+            positions, checkpoint_prices, counters.checkpoint_sequence
+        )
         return Recovered(
             counters=counters,
-            positions=self._replay(positions, last_prices, counters.checkpoint_sequence),
+            positions=positions,
             split=_split_from_row(row).split if row else None,
             last_prices=last_prices,
             pending=pending,
         )
 
     def _replay(
-        self, checkpoint: list[PositionRow], last_prices: dict[str, int], after: int
-    ) -> list[PositionRow]:
-        """Checkpointed positions plus every allocation journaled after the checkpoint."""
+        self, checkpoint: list[PositionRow], checkpoint_prices: dict[str, int], after: int
+    ) -> tuple[list[PositionRow], dict[str, int]]:
+        """Checkpointed positions and last prices, plus every allocation journaled after the
+        checkpoint."""
+        last_prices = dict(checkpoint_prices)
         totals = {(r.account, r.ticker): [r.quantity, r.value] for r in checkpoint}
         replayed = self._db.execute(
             "SELECT ticker, price, sell, accounts, quantities FROM fills"
@@ -189,7 +194,8 @@ class Journal:
                 total[0] += sign * quantity
                 total[1] += sign * quantity * price
             last_prices[ticker] = price
-        return [PositionRow(a, t, q, v) for (a, t), (q, v) in sorted(totals.items())]
+        positions = [PositionRow(a, t, q, v) for (a, t), (q, v) in sorted(totals.items())]
+        return positions, last_prices
 
     def find_fills(self, fill_ids: Collection[str]) -> dict[str, StoredFill]:
         """The journaled fills among ``fill_ids``, by id."""

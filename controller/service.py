@@ -7,6 +7,7 @@ message in order with in-band rejections and never break for a bad fill.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
@@ -67,6 +68,15 @@ def _abort(context: grpc.ServicerContext, rejected: Rejected, resource_type: str
     status.details.append(_details(rejected, resource_type))
     context.abort_with_status(rpc_status.to_status(status))
     raise AssertionError("abort_with_status returned")  # pragma: no cover
+
+
+@contextlib.contextmanager
+def _writer_running(context: grpc.ServicerContext) -> Iterator[None]:
+    """Answer UNAVAILABLE when the writer has stopped (journal failure or shutdown)."""
+    try:
+        yield
+    except SequencerStopped as stopped:
+        context.abort(grpc.StatusCode.UNAVAILABLE, str(stopped))
 
 
 def _count_fills(outcomes: Sequence[FillOutcome]) -> None:
@@ -158,10 +168,8 @@ class ControllerService(controller_service_pb2_grpc.ControllerServiceServicer):
         try:
             while (entry := in_flight.get()) is not None:
                 request, future = entry
-                try:
+                with _writer_running(context):
                     outcomes = future.result()
-                except SequencerStopped as stopped:
-                    context.abort(grpc.StatusCode.UNAVAILABLE, str(stopped))
                 room.release()
                 _count_fills(outcomes)
                 response = controller_service_pb2.StreamFillsResponse()
@@ -202,10 +210,8 @@ class ControllerService(controller_service_pb2_grpc.ControllerServiceServicer):
     def _submit(
         self, context: grpc.ServicerContext, items: list[Fill | Rejected]
     ) -> list[FillOutcome]:
-        try:
+        with _writer_running(context):
             outcomes = self._sequencer.submit_fills(items)
-        except SequencerStopped as stopped:
-            context.abort(grpc.StatusCode.UNAVAILABLE, str(stopped))
         _count_fills(outcomes)
         return outcomes
 
@@ -241,12 +247,11 @@ class ControllerService(controller_service_pb2_grpc.ControllerServiceServicer):
         self, context: grpc.ServicerContext, message: allocation_pb2.AumSplit
     ) -> tuple[str, bool]:
         try:
-            outcome = self._sequencer.set_split(parse_split(message))
+            with _writer_running(context):
+                outcome = self._sequencer.set_split(parse_split(message))
         except Rejected as rejected:
             SPLITS.labels("rejected", rejected.reason.value).inc()
             raise
-        except SequencerStopped as stopped:
-            context.abort(grpc.StatusCode.UNAVAILABLE, str(stopped))
         SPLITS.labels("duplicate" if outcome.duplicate else "accepted", "").inc()
         return outcome.split_id, outcome.duplicate
 
@@ -254,10 +259,8 @@ class ControllerService(controller_service_pb2_grpc.ControllerServiceServicer):
         self, request: controller_service_pb2.GetPositionsRequest, context: grpc.ServicerContext
     ) -> controller_service_pb2.GetPositionsResponse:
         """The current positions (sequence = the last periodic report's)."""
-        try:
+        with _writer_running(context):
             snapshot = self._sequencer.snapshot()
-        except SequencerStopped as stopped:
-            context.abort(grpc.StatusCode.UNAVAILABLE, str(stopped))
         report = report_message(snapshot, self._sequencer.counters.report_sequence, time.time_ns())
         return controller_service_pb2.GetPositionsResponse(report=report)
 
@@ -271,10 +274,8 @@ class ControllerService(controller_service_pb2_grpc.ControllerServiceServicer):
             require_fill_id(request.fill_id, "fill_id")
         except Rejected as rejected:
             _abort(context, rejected, "allocation.v1.Fill")
-        try:
+        with _writer_running(context):
             stored = self._sequencer.lookup(request.fill_id)
-        except SequencerStopped as stopped:
-            context.abort(grpc.StatusCode.UNAVAILABLE, str(stopped))
         if stored is None:
             context.abort(
                 grpc.StatusCode.NOT_FOUND, f"fill_id {request.fill_id!r} is not in the journal"

@@ -79,17 +79,23 @@ def set_serving(health_servicer: health.HealthServicer, service_names: Iterable[
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
 
 
-def wait_for_signal(stop: threading.Event | None = None) -> int | None:
-    """Block until SIGTERM or SIGINT (returns the signal number) or until ``stop`` is set by
-    someone else (returns None)."""
+def stop_on_signals(stop: threading.Event) -> list[int]:
+    """Make SIGTERM and SIGINT set ``stop``; the returned list collects the signals received."""
     received: list[int] = []
-    done = stop if stop is not None else threading.Event()
 
     def handler(signum: int, _frame: FrameType | None) -> None:
         received.append(signum)
-        done.set()
+        stop.set()
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
+    return received
+
+
+def wait_for_signal(stop: threading.Event | None = None) -> int | None:
+    """Block until SIGTERM or SIGINT (returns the signal number) or until ``stop`` is set by
+    someone else (returns None)."""
+    done = stop if stop is not None else threading.Event()
+    received = stop_on_signals(done)
     done.wait()
     return received[0] if received else None

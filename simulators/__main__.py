@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import threading
 import time
 from collections.abc import Sequence
-from types import FrameType
 
-from controller.serving import configure_logging
+from controller.serving import configure_logging, stop_on_signals, wait_for_signal
 from controller.validation import DEFAULT_TICKERS
 from simulators.aum import AumServer
 from simulators.fills import PER_FILL_OUTPUT_MAX_RATE, FillGenerator, FillServer, FillStats
@@ -79,16 +77,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def on_signal(stop: threading.Event) -> None:
-    """Make SIGINT and SIGTERM set ``stop``."""
-
-    def handler(_signum: int, _frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
-
-
 def run_fills(args: argparse.Namespace) -> int:
     """Run the fill servers until --count is reached and acknowledged, or a signal."""
     tickers = tuple(t.strip() for t in args.tickers.split(",") if t.strip())
@@ -114,7 +102,7 @@ def run_fills(args: argparse.Namespace) -> int:
         threading.Thread(target=s.run, name=f"fill-server-{k}") for k, s in enumerate(servers)
     ]
     stop = threading.Event()
-    on_signal(stop)
+    stop_on_signals(stop)
     for thread in threads:
         thread.start()
     summary = not (args.batch == 1 and 0 < args.rate <= PER_FILL_OUTPUT_MAX_RATE)
@@ -151,11 +139,9 @@ def run_aum(args: argparse.Namespace) -> int:
     server = AumServer(
         args.controller, args.interval, args.accounts, args.seed, f"aum-{args.run_id}"
     )
-    stop = threading.Event()
-    on_signal(stop)
     thread = threading.Thread(target=server.run, name="aum-server")
     thread.start()
-    stop.wait()
+    wait_for_signal()
     server.stop()
     thread.join()
     log.info("finished")
