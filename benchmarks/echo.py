@@ -36,19 +36,21 @@ class EchoService(controller_service_pb2_grpc.ControllerServiceServicer):
         """One response per request with one result per fill, like the controller."""
         for request in request_iterator:
             yield controller_service_pb2.StreamFillsResponse(
-                results=[
-                    controller_service_pb2.FillResult(
-                        fill_id=fill.fill_id,
-                        allocation=allocation_pb2.FillAllocation(
+                batch=controller_service_pb2.FillResults(
+                    results=[
+                        controller_service_pb2.FillResult(
                             fill_id=fill.fill_id,
-                            status=allocation_pb2.FILL_STATUS_ALLOCATED,
-                            allocations=self._shares[: fill.quantity],
-                            split_id="echo",
-                            fill=fill,
-                        ),
-                    )
-                    for fill in request.fills
-                ]
+                            allocation=allocation_pb2.FillAllocation(
+                                fill_id=fill.fill_id,
+                                status=allocation_pb2.FILL_STATUS_ALLOCATED,
+                                allocations=self._shares[: fill.quantity],
+                                split_id="echo",
+                                fill=fill,
+                            ),
+                        )
+                        for fill in request.fills
+                    ]
+                )
             )
 
 

@@ -119,6 +119,7 @@ def fills(prefix: str, start_at: int, count: int) -> list[allocation_pb2.Fill]:
             ticker=TICKERS[n % len(TICKERS)],
             price=f"{100 + n % 50}.{n % 100:02d}",
             quantity=100 + n % 7,
+            side=allocation_pb2.SIDE_BUY,
         )
         for n in range(start_at, start_at + count)
     ]
@@ -150,7 +151,7 @@ def stream(
         stub = controller_service_pb2_grpc.ControllerServiceStub(channel)
         for response in stub.StreamFills(requests()):
             room.release()
-            acknowledged += len(response.results)
+            acknowledged += len(response.batch.results)
             if progress is not None:
                 progress(acknowledged)
             if seconds is not None and time.perf_counter() - started >= seconds:

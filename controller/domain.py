@@ -71,12 +71,16 @@ class Allocation:
 
 
 class RejectReason(enum.Enum):
-    """Why a fill or split was refused; the services map these to gRPC codes."""
+    """Why a request was refused; the services map these to gRPC codes and wire reasons."""
 
     INVALID_ARGUMENT = "invalid_argument"
     INSUFFICIENT_HOLDINGS = "insufficient_holdings"
     CONFLICTING_DUPLICATE = "conflicting_duplicate"
     LIMIT_EXCEEDED = "limit_exceeded"
+    TOO_LARGE = "too_large"
+    NOT_FOUND = "not_found"
+    UNAVAILABLE = "unavailable"
+    STALE_REPORT = "stale_report"
 
 
 class Rejected(Exception):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import uuid
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,8 @@ from controller.book import PositionRow
 from controller.domain import Allocation, Fill, Side, Split
 
 # Stored in SQLite's user_version; a journal of another version is refused, not misread.
-SCHEMA_VERSION = 1
+# Version 2 added the journal's identity (the meta table); version 1 journals are upgraded.
+SCHEMA_VERSION = 2
 
 
 class JournalVersionError(RuntimeError):
@@ -58,6 +60,12 @@ CREATE TABLE IF NOT EXISTS positions (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS last_prices (ticker TEXT PRIMARY KEY, price INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+# Identity of the journal, made once: reports carry it so that their sequences are compared only
+# with reports of the same journal.
+_META = """
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT OR IGNORE INTO meta (name, value) VALUES ('journal_id', '{journal_id}');
 """
 
 # Amounts in micro-units. An allocation is two comma-separated lists in its fill's row (account
@@ -130,15 +138,19 @@ class Journal:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={synchronous}")
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
-        if version == 0:
-            self._db.executescript(_SCHEMA)
-            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        elif version != SCHEMA_VERSION:
+        if version not in (0, 1, SCHEMA_VERSION):
             self._db.close()
             raise JournalVersionError(
                 f"{path} has journal schema version {version}; this controller reads"
-                f" version {SCHEMA_VERSION}"
+                f" versions 1 and {SCHEMA_VERSION}"
             )
+        if version != SCHEMA_VERSION:
+            script = (_SCHEMA if version == 0 else "") + _META.format(journal_id=uuid.uuid4())
+            self._db.executescript(f"BEGIN; {script} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;")
+        # Made when the journal was created; never changes.
+        self.journal_id: str = self._db.execute(
+            "SELECT value FROM meta WHERE name='journal_id'"
+        ).fetchone()[0]
 
     def close(self) -> None:
         """Close the database (everything written is already committed)."""

@@ -25,5 +25,8 @@ JOURNAL_COMMIT_SECONDS = Histogram(
     buckets=(1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0),
 )
 REPORTS = Counter(
-    "allocation_reports_total", "Position reports sent, by result (success, failure).", ["result"]
+    "allocation_reports_total",
+    "Position reports sent, by result: success, refused (by the position service), failure"
+    " (not delivered).",
+    ["result"],
 )

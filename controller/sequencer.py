@@ -12,15 +12,16 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
-from controller.book import Book, BookSnapshot
+from controller.book import Book, ReceiverBound
 from controller.domain import Allocation, Fill, Rejected, RejectReason, Split
 from controller.journal import Counters, Journal, JournalBatch, StoredFill, StoredSplit
 from controller.metrics import ALLOCATION_SECONDS, JOURNAL_COMMIT_SECONDS
+from controller.snapshot import BookSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +42,18 @@ class FillOutcome:
 
 @dataclass(frozen=True, slots=True)
 class SplitOutcome:
-    """The split's id (assigned if it had none) and whether it was a duplicate."""
+    """The split's id (assigned if it had none), its journal sequence, and whether it was a
+    duplicate (then the sequence is the original's)."""
 
     split_id: str
+    sequence: int
     duplicate: bool
+
+
+# Decides, before any fill of a message is applied, whether the whole message is admitted: given
+# each item with the most accounts its allocation can name and the longest such name, it returns
+# None or the ``Rejected`` that refuses the message as a whole.
+Admission = Callable[[Sequence[tuple[Fill | Rejected, ReceiverBound]]], Rejected | None]
 
 
 class SequencerStopped(RuntimeError):
@@ -101,6 +110,11 @@ class Sequencer:
         """Counters as of the last commit."""
         return self._counters
 
+    @property
+    def journal_id(self) -> str:
+        """Identity of the journal, carried by every report."""
+        return self._journal.journal_id
+
     def start(self) -> None:
         """Start the writer thread."""
         self._thread.start()
@@ -112,30 +126,39 @@ class Sequencer:
             self._queue.put(None)
             self._thread.join()
 
-    def submit_fills(self, items: list[Fill | Rejected]) -> list[FillOutcome]:
+    def submit_fills(
+        self, items: list[Fill | Rejected], admit: Admission | None = None
+    ) -> list[FillOutcome]:
         """Apply validated fills in order (validation failures pass through as rejections)."""
-        return self.submit_fills_later(items).result()
+        return self.submit_fills_later(items, admit).result()
 
-    def submit_fills_later(self, items: list[Fill | Rejected]) -> Future[list[FillOutcome]]:
-        """Queue fills behind everything queued so far; the future completes once committed."""
-        return self._enqueue(lambda batch: self._apply_fills(items, batch), writes=True)
+    def submit_fills_later(
+        self, items: list[Fill | Rejected], admit: Admission | None = None
+    ) -> Future[list[FillOutcome]]:
+        """Queue fills behind everything queued so far; the future completes once committed.
+
+        With ``admit``, the message is first checked as a whole against the book as it stands
+        when its turn comes; a refusal fails the future with ``Rejected`` and changes nothing.
+        """
+        return self._enqueue(lambda batch: self._apply_fills(items, batch, admit), writes=True)
 
     def set_split(self, split: Split) -> SplitOutcome:
         """Put a split in force; raises ``Rejected`` for a reused id with other percentages."""
         return self._call(lambda batch: self._apply_split(split, batch), writes=True)
 
-    def snapshot(self) -> BookSnapshot:
-        """The book as of every acknowledged event."""
-        return self._call(lambda _: self._book.snapshot(), writes=False)
+    def snapshot(self) -> tuple[BookSnapshot, Counters]:
+        """The book as of every acknowledged event, and the counters at that point."""
+        return self._call(lambda _: (self._book.snapshot(), self._counters), writes=False)
 
-    def next_report(self) -> tuple[BookSnapshot, int]:
-        """A snapshot with a new report sequence, durably consumed before it is returned."""
+    def next_report(self) -> tuple[BookSnapshot, Counters]:
+        """A snapshot with a new report sequence (``counters.report_sequence``), durably
+        consumed before it is returned."""
 
-        def take(_: JournalBatch) -> tuple[BookSnapshot, int]:
+        def take(_: JournalBatch) -> tuple[BookSnapshot, Counters]:
             self._counters = replace(
                 self._counters, report_sequence=self._counters.report_sequence + 1
             )
-            return self._book.snapshot(), self._counters.report_sequence
+            return self._book.snapshot(), self._counters
 
         return self._call(take, writes=True)
 
@@ -227,10 +250,16 @@ class Sequencer:
         self._next_sequence += 1
         return sequence
 
-    def _apply_fills(self, items: list[Fill | Rejected], batch: JournalBatch) -> list[FillOutcome]:
+    def _apply_fills(
+        self, items: list[Fill | Rejected], batch: JournalBatch, admit: Admission | None
+    ) -> list[FillOutcome]:
         fill_ids = {item.fill_id for item in items if isinstance(item, Fill)}
         known = {i: self._recent[i] for i in fill_ids if i in self._recent}
         known.update(self._journal.find_fills(fill_ids - known.keys()))
+        if admit is not None:
+            refusal = admit([(item, self._receiver_bound(item, known)) for item in items])
+            if refusal is not None:
+                raise refusal
         outcomes = []
         for item in items:
             if isinstance(item, Rejected):
@@ -253,6 +282,15 @@ class Sequencer:
             outcomes.append(FillOutcome(stored=stored))
         return outcomes
 
+    def _receiver_bound(self, item: Fill | Rejected, known: dict[str, StoredFill]) -> ReceiverBound:
+        if isinstance(item, Rejected):
+            return ReceiverBound(0, 0)
+        stored = known.get(item.fill_id)
+        if stored is None:
+            return self._book.receiver_bound(item)
+        accounts = stored.allocation.accounts
+        return ReceiverBound(len(accounts), max(map(len, accounts), default=0))
+
     @staticmethod
     def _repeat(fill: Fill, stored: StoredFill) -> FillOutcome:
         if stored.allocation.fill == fill:
@@ -273,7 +311,7 @@ class Sequencer:
             )
             if earlier is not None:
                 if earlier.split.percents == split.percents:
-                    return SplitOutcome(split.split_id, duplicate=True)
+                    return SplitOutcome(split.split_id, earlier.sequence, duplicate=True)
                 raise Rejected(
                     RejectReason.CONFLICTING_DUPLICATE,
                     "split.split_id",
@@ -293,4 +331,4 @@ class Sequencer:
                 self._recent[allocation.fill.fill_id] = StoredFill(
                     earlier_fill.sequence, allocation
                 )
-        return SplitOutcome(split.split_id, duplicate=False)
+        return SplitOutcome(split.split_id, sequence, duplicate=False)

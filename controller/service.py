@@ -1,8 +1,9 @@
 """``ControllerService`` on the wire: validate, hand to the sequencer, answer.
 
-Unary calls fail with a canonical status and rich details (google.rpc.BadRequest for bad fields,
-PreconditionFailure for oversells and limits, ResourceInfo for reused ids); streams answer every
-message in order with in-band rejections and never break for a bad fill.
+Unary calls fail with a canonical status, ``ErrorInfo`` and the detail of its kind (see
+``controller.errors``); streams answer every message in order with in-band rejections and never
+break for a bad fill. No response can exceed what a default client accepts (4 MiB): a message of
+fills is admitted only if the acknowledgement it can need fits, else refused whole, once.
 """
 
 from __future__ import annotations
@@ -10,64 +11,29 @@ from __future__ import annotations
 import contextlib
 import queue
 import threading
-import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
-from typing import NoReturn
 
 import grpc
-from google.protobuf import any_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
-from grpc_status import rpc_status
 
 from allocation.v1 import allocation_pb2, controller_service_pb2, controller_service_pb2_grpc
+from controller.book import ReceiverBound
 from controller.domain import Fill, Rejected, RejectReason
+from controller.errors import abort, refusals_abort, rejection_message
+from controller.listings import Listings
 from controller.metrics import FILLS, SPLITS
-from controller.sequencer import FillOutcome, Sequencer, SequencerStopped
-from controller.validation import parse_fill, parse_split, require_fill_id
-from controller.wire import rejection_message, report_message, write_allocation
+from controller.paging import decode_token, encode_token, fill_page, page_size
+from controller.sequencer import FillOutcome, Sequencer, SequencerStopped, SplitOutcome
+from controller.validation import FILL_ID_MAX, parse_fill, parse_split, require_fill_id
+from controller.wire import fill_result_bound, report_header, write_account, write_allocation
 
+DOMAIN = controller_service_pb2.DESCRIPTOR.services_by_name["ControllerService"].full_name
 MAX_FILLS_PER_MESSAGE = 10_000
+# What a default gRPC client accepts (4 MiB), less room for the response's own framing.
+MAX_RESPONSE_BYTES = 4 * 1024 * 1024 - 64 * 1024
 # Messages of one stream validated and queued ahead of the one being answered.
 STREAM_PIPELINE_DEPTH = 8
-
-_CODES = {
-    RejectReason.INVALID_ARGUMENT: code_pb2.INVALID_ARGUMENT,
-    RejectReason.INSUFFICIENT_HOLDINGS: code_pb2.FAILED_PRECONDITION,
-    RejectReason.LIMIT_EXCEEDED: code_pb2.FAILED_PRECONDITION,
-    RejectReason.CONFLICTING_DUPLICATE: code_pb2.ALREADY_EXISTS,
-}
-
-
-def _details(rejected: Rejected, resource_type: str) -> any_pb2.Any:
-    detail = any_pb2.Any()
-    if rejected.reason is RejectReason.INVALID_ARGUMENT:
-        violation = error_details_pb2.BadRequest.FieldViolation(
-            field=rejected.field, description=rejected.message
-        )
-        detail.Pack(error_details_pb2.BadRequest(field_violations=[violation]))
-    elif rejected.reason is RejectReason.CONFLICTING_DUPLICATE:
-        detail.Pack(
-            error_details_pb2.ResourceInfo(
-                resource_type=resource_type,
-                resource_name=rejected.field,
-                description=rejected.message,
-            )
-        )
-    else:
-        failure = error_details_pb2.PreconditionFailure.Violation(
-            type=rejected.reason.name, subject=rejected.field, description=rejected.message
-        )
-        detail.Pack(error_details_pb2.PreconditionFailure(violations=[failure]))
-    return detail
-
-
-def _abort(context: grpc.ServicerContext, rejected: Rejected, resource_type: str) -> NoReturn:
-    status = status_pb2.Status(code=_CODES[rejected.reason], message=rejected.message)
-    status.details.append(_details(rejected, resource_type))
-    context.abort_with_status(rpc_status.to_status(status))
-    raise AssertionError("abort_with_status returned")  # pragma: no cover
 
 
 @contextlib.contextmanager
@@ -76,7 +42,24 @@ def _writer_running(context: grpc.ServicerContext) -> Iterator[None]:
     try:
         yield
     except SequencerStopped as stopped:
-        context.abort(grpc.StatusCode.UNAVAILABLE, str(stopped))
+        abort(context, Rejected(RejectReason.UNAVAILABLE, "", str(stopped)), DOMAIN)
+
+
+def admit_acknowledgement(
+    items: Sequence[tuple[Fill | Rejected, ReceiverBound]], field: str = "fills"
+) -> Rejected | None:
+    """Refuse a message whose acknowledgement could exceed ``MAX_RESPONSE_BYTES``."""
+    needed = sum(fill_result_bound(item, bound) for item, bound in items)
+    if needed <= MAX_RESPONSE_BYTES:
+        return None
+    fitting = max(1, len(items) * MAX_RESPONSE_BYTES // needed)
+    return Rejected(
+        RejectReason.TOO_LARGE,
+        field,
+        f"{field}: the acknowledgement of these {len(items)} fills could take {needed:,} bytes,"
+        f" over the {MAX_RESPONSE_BYTES:,}-byte response limit; send at most {fitting:,} fills"
+        " per message at this book size",
+    )
 
 
 def _count_fills(outcomes: Sequence[FillOutcome]) -> None:
@@ -93,13 +76,18 @@ def _count_fills(outcomes: Sequence[FillOutcome]) -> None:
 def _write_result(
     target: controller_service_pb2.FillResult, fill_id: str, outcome: FillOutcome
 ) -> None:
-    target.fill_id = fill_id
+    # An id too long to be valid is echoed only in part: the acknowledgement stays bounded.
+    target.fill_id = fill_id[:FILL_ID_MAX]
     if outcome.rejection is not None:
         target.rejection.CopyFrom(rejection_message(outcome.rejection))
         return
     assert outcome.stored is not None
-    write_allocation(target.allocation, outcome.stored.allocation, outcome.stored.sequence)
-    target.duplicate = outcome.duplicate
+    allocation = target.duplicate if outcome.duplicate else target.allocation
+    write_allocation(allocation, outcome.stored.allocation, outcome.stored.sequence)
+
+
+def _receipt(outcome: SplitOutcome) -> controller_service_pb2.SplitReceipt:
+    return controller_service_pb2.SplitReceipt(split_id=outcome.split_id, sequence=outcome.sequence)
 
 
 class ControllerService(controller_service_pb2_grpc.ControllerServiceServicer):
@@ -109,15 +97,9 @@ class ControllerService(controller_service_pb2_grpc.ControllerServiceServicer):
         """Serve ``sequencer``, accepting fills of ``tickers`` only."""
         self._sequencer = sequencer
         self._tickers = tuple(tickers)
+        self._listings = Listings(sequencer.snapshot)
 
     def _parse_batch(self, fills: Sequence[allocation_pb2.Fill]) -> list[Fill | Rejected]:
-        if len(fills) > MAX_FILLS_PER_MESSAGE:
-            too_many = Rejected(
-                RejectReason.INVALID_ARGUMENT,
-                "fills",
-                f"fills has {len(fills)} entries; at most {MAX_FILLS_PER_MESSAGE} per message",
-            )
-            return [too_many] * len(fills)
         items: list[Fill | Rejected] = []
         for index, message in enumerate(fills):
             try:
@@ -134,12 +116,20 @@ class ControllerService(controller_service_pb2_grpc.ControllerServiceServicer):
             item: Fill | Rejected = parse_fill(request.fill, self._tickers)
         except Rejected as rejected:
             item = rejected
-        outcome = self._submit(context, [item])[0]
+        try:
+            with _writer_running(context):
+                outcome = self._sequencer.submit_fills(
+                    [item], lambda items: admit_acknowledgement(items, "fill")
+                )[0]
+        except Rejected as refused:
+            outcome = FillOutcome(rejection=refused)
+        _count_fills([outcome])
         if outcome.rejection is not None:
-            _abort(context, outcome.rejection, "allocation.v1.Fill")
+            abort(context, outcome.rejection, DOMAIN, "allocation.v1.Fill")
         assert outcome.stored is not None
-        response = controller_service_pb2.SubmitFillResponse(duplicate=outcome.duplicate)
-        write_allocation(response.allocation, outcome.stored.allocation, outcome.stored.sequence)
+        response = controller_service_pb2.SubmitFillResponse()
+        allocation = response.duplicate if outcome.duplicate else response.allocation
+        write_allocation(allocation, outcome.stored.allocation, outcome.stored.sequence)
         return response
 
     def StreamFills(
@@ -168,14 +158,19 @@ class ControllerService(controller_service_pb2_grpc.ControllerServiceServicer):
         try:
             while (entry := in_flight.get()) is not None:
                 request, future = entry
-                with _writer_running(context):
-                    outcomes = future.result()
-                room.release()
-                _count_fills(outcomes)
                 response = controller_service_pb2.StreamFillsResponse()
-                add = response.results.add
-                for message, outcome in zip(request.fills, outcomes, strict=True):
-                    _write_result(add(), message.fill_id, outcome)
+                try:
+                    with _writer_running(context):
+                        outcomes = future.result()
+                except Rejected as refused:
+                    FILLS.labels("rejected", refused.reason.value).inc(len(request.fills))
+                    response.rejection.CopyFrom(rejection_message(refused))
+                else:
+                    _count_fills(outcomes)
+                    add = response.batch.results.add
+                    for message, outcome in zip(request.fills, outcomes, strict=True):
+                        _write_result(add(), message.fill_id, outcome)
+                room.release()
                 yield response
         finally:
             # Cancelled or aborted: wake a reader waiting for room so that it can finish.
@@ -196,34 +191,43 @@ class ControllerService(controller_service_pb2_grpc.ControllerServiceServicer):
                 room.acquire()
                 if not answering.is_set():
                     break
-                try:
-                    future = self._sequencer.submit_fills_later(self._parse_batch(request.fills))
-                except SequencerStopped as stopped:
-                    future = Future()
-                    future.set_exception(stopped)
-                in_flight.put((request, future))
+                in_flight.put((request, self._queue_batch(request.fills)))
         except grpc.RpcError:
             pass  # the client went away; the answering side ends the call
         finally:
             in_flight.put(None)
 
-    def _submit(
-        self, context: grpc.ServicerContext, items: list[Fill | Rejected]
-    ) -> list[FillOutcome]:
-        with _writer_running(context):
-            outcomes = self._sequencer.submit_fills(items)
-        _count_fills(outcomes)
-        return outcomes
+    def _queue_batch(self, fills: Sequence[allocation_pb2.Fill]) -> Future[list[FillOutcome]]:
+        """Validate and queue one stream message; a message refused whole, or a stopped writer,
+        gives a future that already holds the error."""
+        future: Future[list[FillOutcome]] = Future()
+        if len(fills) > MAX_FILLS_PER_MESSAGE:
+            future.set_exception(
+                Rejected(
+                    RejectReason.TOO_LARGE,
+                    "fills",
+                    f"fills has {len(fills):,} entries; at most {MAX_FILLS_PER_MESSAGE:,}"
+                    " per message",
+                )
+            )
+            return future
+        try:
+            return self._sequencer.submit_fills_later(
+                self._parse_batch(fills), admit_acknowledgement
+            )
+        except SequencerStopped as stopped:
+            future.set_exception(stopped)
+            return future
 
     def SetAumSplit(
         self, request: controller_service_pb2.SetAumSplitRequest, context: grpc.ServicerContext
     ) -> controller_service_pb2.SetAumSplitResponse:
         """Put a new split in force for every later fill."""
-        try:
-            split_id, duplicate = self._set_split(context, request.split)
-        except Rejected as rejected:
-            _abort(context, rejected, "allocation.v1.AumSplit")
-        return controller_service_pb2.SetAumSplitResponse(split_id=split_id, duplicate=duplicate)
+        with refusals_abort(context, DOMAIN, "allocation.v1.AumSplit"):
+            outcome = self._set_split(context, request.split)
+        if outcome.duplicate:
+            return controller_service_pb2.SetAumSplitResponse(duplicate=_receipt(outcome))
+        return controller_service_pb2.SetAumSplitResponse(accepted=_receipt(outcome))
 
     def StreamAumSplits(
         self,
@@ -233,19 +237,20 @@ class ControllerService(controller_service_pb2_grpc.ControllerServiceServicer):
         """One response per split, in order; bad splits are rejected in-band."""
         for request in request_iterator:
             try:
-                split_id, duplicate = self._set_split(context, request.split)
+                outcome = self._set_split(context, request.split)
             except Rejected as rejected:
                 yield controller_service_pb2.StreamAumSplitsResponse(
                     rejection=rejection_message(rejected)
                 )
                 continue
-            yield controller_service_pb2.StreamAumSplitsResponse(
-                split_id=split_id, duplicate=duplicate
-            )
+            if outcome.duplicate:
+                yield controller_service_pb2.StreamAumSplitsResponse(duplicate=_receipt(outcome))
+            else:
+                yield controller_service_pb2.StreamAumSplitsResponse(accepted=_receipt(outcome))
 
     def _set_split(
         self, context: grpc.ServicerContext, message: allocation_pb2.AumSplit
-    ) -> tuple[str, bool]:
+    ) -> SplitOutcome:
         try:
             with _writer_running(context):
                 outcome = self._sequencer.set_split(parse_split(message))
@@ -253,16 +258,44 @@ class ControllerService(controller_service_pb2_grpc.ControllerServiceServicer):
             SPLITS.labels("rejected", rejected.reason.value).inc()
             raise
         SPLITS.labels("duplicate" if outcome.duplicate else "accepted", "").inc()
-        return outcome.split_id, outcome.duplicate
+        return outcome
 
     def GetPositions(
         self, request: controller_service_pb2.GetPositionsRequest, context: grpc.ServicerContext
     ) -> controller_service_pb2.GetPositionsResponse:
-        """The current positions (sequence = the last periodic report's)."""
-        with _writer_running(context):
-            snapshot = self._sequencer.snapshot()
-        report = report_message(snapshot, self._sequencer.counters.report_sequence, time.time_ns())
-        return controller_service_pb2.GetPositionsResponse(report=report)
+        """One page of the current positions; every page of a listing reads one snapshot."""
+        with refusals_abort(context, DOMAIN):
+            size = page_size(request.page_size)
+            if request.page_token:
+                key, start = decode_token(request.page_token)
+                listing = self._listings.find(key)
+                if listing is None or start > listing.snapshot.account_count:
+                    raise Rejected(
+                        RejectReason.INVALID_ARGUMENT,
+                        "page_token",
+                        "page_token has expired or does not belong to this listing;"
+                        " start again without a page_token",
+                    )
+            else:
+                start = 0
+                with _writer_running(context):
+                    listing = self._listings.start(self._sequencer.counters)
+        snapshot = listing.snapshot
+        total = snapshot.account_count
+        response = controller_service_pb2.GetPositionsResponse(total_size=total)
+        response.report.CopyFrom(
+            report_header(
+                snapshot,
+                listing.counters.report_sequence,
+                self._sequencer.journal_id,
+                listing.taken_ns,
+            )
+        )
+        rows = snapshot.accounts_between(start, start + size)
+        shown = fill_page(response.report.accounts, rows, write_account)
+        if start + shown < total:
+            response.next_page_token = encode_token(listing.key, start + shown)
+        return response
 
     def GetFillAllocation(
         self,
@@ -270,16 +303,16 @@ class ControllerService(controller_service_pb2_grpc.ControllerServiceServicer):
         context: grpc.ServicerContext,
     ) -> controller_service_pb2.GetFillAllocationResponse:
         """One fill's allocation from the journal, or NOT_FOUND."""
-        try:
+        with refusals_abort(context, DOMAIN, "allocation.v1.Fill"):
             require_fill_id(request.fill_id, "fill_id")
-        except Rejected as rejected:
-            _abort(context, rejected, "allocation.v1.Fill")
-        with _writer_running(context):
-            stored = self._sequencer.lookup(request.fill_id)
-        if stored is None:
-            context.abort(
-                grpc.StatusCode.NOT_FOUND, f"fill_id {request.fill_id!r} is not in the journal"
-            )
+            with _writer_running(context):
+                stored = self._sequencer.lookup(request.fill_id)
+            if stored is None:
+                raise Rejected(
+                    RejectReason.NOT_FOUND,
+                    "fill_id",
+                    f"fill_id {request.fill_id!r} is not in the journal",
+                )
         response = controller_service_pb2.GetFillAllocationResponse()
         write_allocation(response.allocation, stored.allocation, stored.sequence)
         return response

@@ -16,7 +16,8 @@ from allocation.v1 import allocation_pb2
 from controller.domain import Fill, Rejected, RejectReason, Side, Split
 from controller.money import MICRO, InvalidDecimal, parse_micro
 
-FILL_ID = re.compile(r"[A-Za-z0-9._:/-]{1,128}")
+FILL_ID_MAX = 128
+FILL_ID = re.compile(rf"[A-Za-z0-9._:/-]{{1,{FILL_ID_MAX}}}")
 ACCOUNT = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 SPLIT_ID = ACCOUNT
 MAX_PRICE = 1_000_000 * MICRO
@@ -26,7 +27,6 @@ PERCENT_TOLERANCE = 100  # 0.0001 percent, in micro-percent
 DEFAULT_TICKERS = ("AAPL", "MSFT", "AMZN", "GOOGL", "META", "NVDA", "TSLA", "JPM", "V", "JNJ")
 
 _SIDES = {
-    allocation_pb2.SIDE_UNSPECIFIED: Side.BUY,
     allocation_pb2.SIDE_BUY: Side.BUY,
     allocation_pb2.SIDE_SELL: Side.SELL,
 }
@@ -34,6 +34,13 @@ _SIDES = {
 
 def _invalid(field: str, message: str) -> Rejected:
     return Rejected(RejectReason.INVALID_ARGUMENT, field, message)
+
+
+def _side_name(side: int) -> str:
+    try:
+        return allocation_pb2.Side.Name(side)  # type: ignore[arg-type]
+    except ValueError:
+        return str(side)
 
 
 def require_fill_id(fill_id: str, field: str) -> str:
@@ -70,7 +77,10 @@ def parse_fill(message: allocation_pb2.Fill, tickers: Sequence[str], field: str 
         )
     side = _SIDES.get(message.side)
     if side is None:
-        raise _invalid(f"{field}.side", f"{field}.side {message.side} is not a known Side")
+        raise _invalid(
+            f"{field}.side",
+            f"{field}.side {_side_name(message.side)} must be SIDE_BUY or SIDE_SELL",
+        )
     return Fill(
         fill_id=message.fill_id,
         ticker=message.ticker,

@@ -1,20 +1,36 @@
-"""Domain -> wire: allocations, rejections and position reports as protobuf messages."""
+"""Domain -> wire: allocations and position reports as protobuf messages, and their sizes."""
 
 from __future__ import annotations
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from allocation.v1 import allocation_pb2
-from controller.book import BookSnapshot
-from controller.domain import Allocation, Fill, Rejected, RejectReason, Side
+from controller.book import ReceiverBound
+from controller.domain import Allocation, Fill, Rejected, Side
 from controller.money import format_micro
+from controller.snapshot import AccountState, BookSnapshot
 
-REJECTION_REASONS = {
-    RejectReason.INVALID_ARGUMENT: allocation_pb2.REJECTION_REASON_INVALID_ARGUMENT,
-    RejectReason.INSUFFICIENT_HOLDINGS: allocation_pb2.REJECTION_REASON_INSUFFICIENT_HOLDINGS,
-    RejectReason.CONFLICTING_DUPLICATE: allocation_pb2.REJECTION_REASON_CONFLICTING_DUPLICATE,
-    RejectReason.LIMIT_EXCEEDED: allocation_pb2.REJECTION_REASON_LIMIT_EXCEEDED,
-}
+# Upper bound of a FillResult's bytes apart from its ids, ticker and receivers: framing,
+# status, split id (<= 64), sequence, price (<= 14 digits), quantity, side and execute time.
+_FILL_RESULT_FIXED = 192
+# Bytes per receiving account beyond its name: framing and a quantity of up to 10^10.
+_PER_RECEIVER = 10
+# A rejection's bytes beyond its message, field and fill id.
+_REJECTION_FIXED = 32
+
+
+def fill_result_bound(item: Fill | Rejected, bound: ReceiverBound) -> int:
+    """At most how many bytes the FillResult answering ``item`` can take on the wire, if its
+    allocation names at most ``bound.accounts`` accounts of at most ``bound.longest_name``
+    characters (ids and names are ASCII, validated)."""
+    if isinstance(item, Rejected):
+        return _REJECTION_FIXED + 2 * len(item.message) + len(item.field) + 2 * 128
+    return (
+        _FILL_RESULT_FIXED
+        + 3 * len(item.fill_id)
+        + len(item.ticker)
+        + bound.accounts * (bound.longest_name + _PER_RECEIVER)
+    )
 
 
 def write_fill(target: allocation_pb2.Fill, fill: Fill) -> None:
@@ -50,47 +66,21 @@ def write_allocation(
     write_fill(target.fill, allocation.fill)
 
 
-def rejection_message(rejected: Rejected) -> allocation_pb2.Rejection:
-    """An in-band rejection for a stream."""
-    return allocation_pb2.Rejection(
-        reason=REJECTION_REASONS[rejected.reason], message=rejected.message, field=rejected.field
-    )
-
-
-def report_message(
-    snapshot: BookSnapshot, sequence: int, generated_ns: int
+def report_header(
+    snapshot: BookSnapshot, report_sequence: int, journal_id: str, generated_ns: int
 ) -> allocation_pb2.PositionReport:
-    """A full position report with every amount as an exact decimal string."""
+    """Every field of a position report but its accounts, amounts as exact decimal strings."""
     generate_time = Timestamp()
     generate_time.FromNanoseconds(generated_ns)
     return allocation_pb2.PositionReport(
-        sequence=sequence,
+        sequence=report_sequence,
+        journal_id=journal_id,
         generate_time=generate_time,
         split_id=snapshot.split_id,
         fill_count=snapshot.fill_count,
         pending_fill_count=snapshot.pending_count,
         total_value=format_micro(snapshot.total_value),
         total_market_value=format_micro(snapshot.total_market_value),
-        accounts=[
-            allocation_pb2.AccountPositions(
-                account=account.account,
-                target_percent=format_micro(account.target_micro_percent),
-                actual_percent=format_micro(account.actual_micro_percent),
-                value=format_micro(account.value),
-                market_value=format_micro(account.market_value),
-                deviation=format_micro(account.deviation),
-                positions=[
-                    allocation_pb2.Position(
-                        ticker=ticker,
-                        quantity=quantity,
-                        value=format_micro(value),
-                        market_value=format_micro(market),
-                    )
-                    for ticker, quantity, value, market in account.positions
-                ],
-            )
-            for account in snapshot.accounts
-        ],
         tickers=[
             allocation_pb2.TickerSummary(
                 ticker=ticker, quantity=quantity, last_price=format_micro(price)
@@ -98,3 +88,21 @@ def report_message(
             for ticker, quantity, price in snapshot.tickers
         ],
     )
+
+
+def write_account(target: allocation_pb2.AccountPositions, account: AccountState) -> None:
+    """Fill ``target`` with one account of a report."""
+    target.account = account.account
+    target.target_percent = format_micro(account.target_micro_percent)
+    target.actual_percent = format_micro(account.actual_micro_percent)
+    target.value = format_micro(account.value)
+    target.market_value = format_micro(account.market_value)
+    target.deviation = format_micro(account.deviation)
+    add = target.positions.add
+    for ticker, quantity, value, market in account.positions:
+        add(
+            ticker=ticker,
+            quantity=quantity,
+            value=format_micro(value),
+            market_value=format_micro(market),
+        )

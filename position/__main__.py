@@ -11,13 +11,14 @@ from rich.console import Console
 
 from allocation.v1 import position_service_pb2, position_service_pb2_grpc
 from controller.serving import configure_logging, create_server, set_serving, wait_for_signal
+from position.render import PER_TICKER_CHOICES, RenderOptions
 from position.service import PositionService
 
 log = logging.getLogger("position")
 
 SERVICE_NAME = position_service_pb2.DESCRIPTOR.services_by_name["PositionService"].full_name
-# Wide enough that a 10-ticker table is not wrapped when output goes to a file or pipe.
-PLAIN_WIDTH = 200
+# Width of the plain text written to a file or pipe: the default tables fit in it.
+PLAIN_WIDTH = 120
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -39,6 +40,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="accounts shown per report; beyond it, those with the largest |deviation|",
     )
     parser.add_argument(
+        "--per-ticker",
+        choices=PER_TICKER_CHOICES,
+        default="none",
+        help="per-ticker columns in the account table: shares held, or market values"
+        " (wider than 120 columns with many tickers); a ticker table is always shown",
+    )
+    parser.add_argument(
         "--jsonl", type=Path, default=None, help="also append each report as a JSON line here"
     )
     parser.add_argument("--grace", type=float, default=5.0, help="shutdown drain, seconds")
@@ -53,12 +61,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Serve until SIGTERM/SIGINT, then drain and exit 0."""
     args = parse_args(argv)
     configure_logging(args.log_level)
-    console = Console()
-    if not console.is_terminal:
+    console = Console(highlight=False)
+    plain = not console.is_terminal
+    if plain:
         console = Console(width=PLAIN_WIDTH, no_color=True, highlight=False)
+    options = RenderOptions(args.max_rows, args.per_ticker, plain)
     server, health, port = create_server(f"{args.host}:{args.port}", [SERVICE_NAME])
     position_service_pb2_grpc.add_PositionServiceServicer_to_server(
-        PositionService(console, args.max_rows, args.jsonl), server
+        PositionService(console, options, args.jsonl), server
     )
     server.start()
     set_serving(health, [SERVICE_NAME])

@@ -1,9 +1,20 @@
-"""``PositionService`` on the wire: keep the newest report, print it, optionally log it as JSON."""
+"""``PositionService`` on the wire: assemble streamed reports, keep the newest per journal, show it.
+
+A report arrives as a stream of parts; it is accepted only when complete, well-formed, newer than
+the last report of the same journal, and still wanted by its sender (a sender that gave up, for
+example after the service was paused, is not shown an old report late). Sequences of different
+journals are never compared, so a controller on a fresh journal is accepted at once and a
+report with an absurd sequence blocks at most its own journal. Pages of the latest report are
+served under the default message size (AIP-158).
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections import OrderedDict, deque
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -11,59 +22,169 @@ from google.protobuf import json_format
 from rich.console import Console
 
 from allocation.v1 import allocation_pb2, position_service_pb2, position_service_pb2_grpc
-from position.render import report_table
+from controller.domain import Rejected, RejectReason
+from controller.errors import refusals_abort, rejection_message
+from controller.paging import decode_token, encode_token, fill_page, page_size
+from position.render import RenderOptions, check_report, render_report
 
 log = logging.getLogger(__name__)
 
+DOMAIN = position_service_pb2.DESCRIPTOR.services_by_name["PositionService"].full_name
+# Journals whose newest sequence is remembered (the oldest-seen are forgotten beyond this).
+MAX_JOURNALS = 1_000
+# Accepted reports kept for GetLatestReport paging: the latest and the one before it, so a
+# listing begun on one report can finish after the next arrives.
+KEPT_REPORTS = 2
+
+
+@dataclass(frozen=True, slots=True)
+class KeptReport:
+    """An accepted report, and its header (every field but the accounts) for pages."""
+
+    key: str
+    header: allocation_pb2.PositionReport
+    report: allocation_pb2.PositionReport
+
+
+def _invalid(field: str, message: str) -> Rejected:
+    return Rejected(RejectReason.INVALID_ARGUMENT, field, message)
+
+
+def assemble(parts: Iterator[position_service_pb2.ReportPositionsRequest]) -> KeptReport:
+    """Merge a report's parts and check it; ``Rejected`` if it is malformed or incomplete."""
+    first = next(parts, None)
+    if first is None:
+        raise _invalid("report", "the ReportPositions stream carried no part")
+    header = allocation_pb2.PositionReport()
+    header.CopyFrom(first.report)
+    header.ClearField("accounts")
+    report = allocation_pb2.PositionReport()
+    report.CopyFrom(first.report)
+    expected = first.account_count
+    for part in parts:
+        report.accounts.extend(part.report.accounts)
+        if len(report.accounts) > expected:
+            break
+    if len(report.accounts) != expected:
+        raise _invalid(
+            "account_count",
+            f"the parts carried {len(report.accounts)} accounts but account_count is {expected}",
+        )
+    if not report.journal_id:
+        raise _invalid("report.journal_id", "report.journal_id is empty; reports must name it")
+    check_report(report)
+    return KeptReport(f"{report.journal_id}/{report.sequence}", header, report)
+
 
 class PositionService(position_service_pb2_grpc.PositionServiceServicer):
-    """Accepts reports newer than the last one; prints them and appends them to ``jsonl``."""
+    """Accepts reports newer than the last of their journal; shows them and appends them to
+    ``jsonl``."""
 
-    def __init__(self, console: Console, max_rows: int, jsonl: Path | None = None) -> None:
-        """Print to ``console`` at most ``max_rows`` accounts per report."""
+    def __init__(self, console: Console, options: RenderOptions, jsonl: Path | None = None) -> None:
+        """Print accepted reports to ``console`` as ``options`` say."""
         self._console = console
-        self._max_rows = max_rows
+        self._options = options
         self._jsonl = jsonl
         self._lock = threading.Lock()
-        self._latest: allocation_pb2.PositionReport | None = None
+        self._newest: OrderedDict[str, int] = OrderedDict()
+        self._kept: deque[KeptReport] = deque(maxlen=KEPT_REPORTS)
         if jsonl is not None:
             jsonl.parent.mkdir(parents=True, exist_ok=True)
 
     def ReportPositions(
-        self, request: position_service_pb2.ReportPositionsRequest, context: grpc.ServicerContext
+        self,
+        request_iterator: Iterator[position_service_pb2.ReportPositionsRequest],
+        context: grpc.ServicerContext,
     ) -> position_service_pb2.ReportPositionsResponse:
-        """Accept, print and keep the report unless its sequence is not newer than the last."""
-        report = request.report
+        """Accept, show and keep a complete report that is newer than its journal's last."""
+        try:
+            kept = assemble(request_iterator)
+            self._accept(kept, context)
+        except Rejected as rejected:
+            log.info(
+                "report refused",
+                extra={"reason": rejected.reason.value, "details": rejected.message},
+            )
+            return position_service_pb2.ReportPositionsResponse(
+                rejection=rejection_message(rejected)
+            )
+        report = kept.report
+        log.info(
+            "report accepted",
+            extra={
+                "journal_id": report.journal_id,
+                "sequence": report.sequence,
+                "fill_count": report.fill_count,
+                "split_id": report.split_id,
+                "accounts": len(report.accounts),
+            },
+        )
+        return position_service_pb2.ReportPositionsResponse(
+            accepted=position_service_pb2.ReportReceipt(
+                journal_id=report.journal_id, sequence=report.sequence
+            )
+        )
+
+    def _accept(self, kept: KeptReport, context: grpc.ServicerContext) -> None:
+        report = kept.report
         with self._lock:
-            latest = self._latest
-            if latest is not None and report.sequence <= latest.sequence:
-                log.info(
-                    "report ignored: not newer",
-                    extra={"sequence": report.sequence, "latest": latest.sequence},
+            newest = self._newest.get(report.journal_id)
+            if newest is not None and report.sequence <= newest:
+                raise Rejected(
+                    RejectReason.STALE_REPORT,
+                    "report.sequence",
+                    f"report {report.sequence} of journal {report.journal_id} is not newer than"
+                    f" report {newest}, already accepted",
                 )
-                return position_service_pb2.ReportPositionsResponse(accepted=False)
-            self._latest = report
-            self._console.print(report_table(report, self._max_rows))
+            # Checked last, under the lock: a sender that gave up (its deadline passed while this
+            # service was paused) has a newer report on the way; this one must not be shown.
+            if not context.is_active():
+                raise Rejected(
+                    RejectReason.STALE_REPORT,
+                    "report",
+                    f"report {report.sequence} arrived after its sender gave up on it",
+                )
+            self._newest[report.journal_id] = report.sequence
+            self._newest.move_to_end(report.journal_id)
+            while len(self._newest) > MAX_JOURNALS:
+                self._newest.popitem(last=False)
+            self._kept.append(kept)
+            self._console.print(render_report(report, self._options))
             if self._jsonl is not None:
                 line = json_format.MessageToJson(report, indent=None, sort_keys=True)
                 with self._jsonl.open("a") as out:
                     out.write(line + "\n")
-        log.info(
-            "report accepted",
-            extra={
-                "sequence": report.sequence,
-                "fill_count": report.fill_count,
-                "split_id": report.split_id,
-            },
-        )
-        return position_service_pb2.ReportPositionsResponse(accepted=True)
 
     def GetLatestReport(
         self, request: position_service_pb2.GetLatestReportRequest, context: grpc.ServicerContext
     ) -> position_service_pb2.GetLatestReportResponse:
-        """The last accepted report, or NOT_FOUND before the first."""
-        with self._lock:
-            latest = self._latest
-        if latest is None:
-            context.abort(grpc.StatusCode.NOT_FOUND, "no report has been accepted yet")
-        return position_service_pb2.GetLatestReportResponse(report=latest)
+        """One page of the report accepted most recently, or NOT_FOUND before the first."""
+        with refusals_abort(context, DOMAIN):
+            size = page_size(request.page_size)
+            with self._lock:
+                kept = list(self._kept)
+            if not kept:
+                raise Rejected(RejectReason.NOT_FOUND, "", "no report has been accepted yet")
+            start = 0
+            current = kept[-1]
+            if request.page_token:
+                key, start = decode_token(request.page_token)
+                listed = next((k for k in kept if k.key == key), None)
+                if listed is None or start > len(listed.report.accounts):
+                    raise _invalid(
+                        "page_token",
+                        "page_token belongs to a report that is no longer kept;"
+                        " start again without a page_token",
+                    )
+                current = listed
+        accounts = current.report.accounts
+        response = position_service_pb2.GetLatestReportResponse(total_size=len(accounts))
+        response.report.CopyFrom(current.header)
+        shown = fill_page(
+            response.report.accounts,
+            accounts[start : start + size],
+            lambda target, account: target.CopyFrom(account),
+        )
+        if start + shown < len(accounts):
+            response.next_page_token = encode_token(current.key, start + shown)
+        return response

@@ -11,20 +11,31 @@ from simulators.reliable import ReliableStream
 
 log = logging.getLogger(__name__)
 
-# Percentages are drawn in hundredths of a percent, so they are exact and sum to exactly 100.
-UNITS = 10_000
+# Up to this many accounts percentages have two decimals; beyond it six, so that every account
+# still gets a non-zero share of the 100 %.
+TWO_DECIMAL_ACCOUNTS = 100
+# Splits over more accounts are announced by their size, not account by account.
+SHOWN_ACCOUNTS = 20
 
 
 def random_split(rng: random.Random, accounts: int, split_id: str) -> allocation_pb2.AumSplit:
-    """A split over ``acct-01 .. acct-NN`` with two-decimal percents summing to exactly 100."""
+    """A split over ``acct-01 .. acct-NN`` with percents summing to exactly 100: drawn in units
+    of 0.01 % (0.000001 % beyond ``TWO_DECIMAL_ACCOUNTS`` accounts), so they are exact."""
+    places = 2 if accounts <= TWO_DECIMAL_ACCOUNTS else 6
+    scale = 10**places
+    total_units = 100 * scale
     weights = [rng.randint(1, 100) for _ in range(accounts)]
-    units = [w * UNITS // sum(weights) for w in weights]
+    units = [w * total_units // sum(weights) for w in weights]
     # Hand the rounding remainder out one unit each to the largest weights: still exact.
-    for i in sorted(range(accounts), key=lambda i: -weights[i])[: UNITS - sum(units)]:
+    for i in sorted(range(accounts), key=lambda i: -weights[i])[: total_units - sum(units)]:
         units[i] += 1
+    width = max(2, len(str(accounts)))
     return allocation_pb2.AumSplit(
         split_id=split_id,
-        percentages={f"acct-{i + 1:02d}": f"{u // 100}.{u % 100:02d}" for i, u in enumerate(units)},
+        percentages={
+            f"acct-{i + 1:0{width}d}": f"{u // scale}.{u % scale:0{places}d}"
+            for i, u in enumerate(units)
+        },
     )
 
 
@@ -78,5 +89,10 @@ class AumServer:
         if response.HasField("rejection"):
             print(f"split {request.split.split_id} rejected: {response.rejection.message}")
             return
-        shares = ", ".join(f"{a} {p}%" for a, p in sorted(request.split.percentages.items()))
-        print(f"split {response.split_id} in force: {shares}", flush=True)
+        receipt = response.duplicate if response.HasField("duplicate") else response.accepted
+        percentages = sorted(request.split.percentages.items())
+        if len(percentages) > SHOWN_ACCOUNTS:
+            print(f"split {receipt.split_id} in force: {len(percentages):,} accounts", flush=True)
+            return
+        shares = ", ".join(f"{a} {p}%" for a, p in percentages)
+        print(f"split {receipt.split_id} in force: {shares}", flush=True)

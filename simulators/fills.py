@@ -151,9 +151,19 @@ class FillServer:
         response: controller_service_pb2.StreamFillsResponse,
     ) -> None:
         stats = self._stats
+        if response.HasField("rejection"):
+            with stats.lock:
+                stats.rejected += len(request.fills)
+            log.warning(
+                "message refused",
+                extra={"fills": len(request.fills), "reason": response.rejection.message},
+            )
+            return
+        results = response.batch.results
         with stats.lock:
-            for sent, result in zip(request.fills, response.results, strict=True):
-                if result.HasField("rejection"):
+            for sent, result in zip(request.fills, results, strict=True):
+                outcome = result.WhichOneof("outcome")
+                if outcome == "rejection":
                     stats.rejected += 1
                     log.warning(
                         "fill rejected",
@@ -161,7 +171,7 @@ class FillServer:
                     )
                     continue
                 # A duplicate was accepted once before (its first ack was lost): count it once.
-                if result.duplicate:
+                if outcome == "duplicate":
                     stats.duplicates += 1
                 elif result.allocation.status == allocation_pb2.FILL_STATUS_PENDING:
                     stats.pending += 1
@@ -170,7 +180,7 @@ class FillServer:
                 signed = sent.quantity if sent.side != allocation_pb2.SIDE_SELL else -sent.quantity
                 stats.net[sent.ticker] += signed
         if self._verbose:
-            for sent, result in zip(request.fills, response.results, strict=True):
+            for sent, result in zip(request.fills, results, strict=True):
                 print(describe(sent, result), flush=True)
 
 
@@ -178,11 +188,12 @@ def describe(sent: allocation_pb2.Fill, result: controller_service_pb2.FillResul
     """One concise line for an acknowledged fill."""
     side = "SELL" if sent.side == allocation_pb2.SIDE_SELL else "BUY"
     head = f"{sent.fill_id} {side} {sent.quantity} {sent.ticker} @ {sent.price}"
-    if result.HasField("rejection"):
+    outcome = result.WhichOneof("outcome")
+    if outcome == "rejection":
         return f"{head} -> rejected: {result.rejection.message}"
-    allocation = result.allocation
+    allocation = result.duplicate if outcome == "duplicate" else result.allocation
     if allocation.status == allocation_pb2.FILL_STATUS_PENDING:
         return f"{head} -> pending (no split yet)"
     shares = " ".join(f"{a.account}:{a.quantity}" for a in allocation.allocations)
-    repeat = " (duplicate)" if result.duplicate else ""
+    repeat = " (duplicate)" if outcome == "duplicate" else ""
     return f"{head} -> {shares} [seq {allocation.sequence}]{repeat}"

@@ -32,6 +32,7 @@ from controller.sequencer import Sequencer
 from controller.service import ControllerService
 from controller.serving import create_server, set_serving
 from controller.validation import DEFAULT_TICKERS
+from position.render import RenderOptions
 from position.service import PositionService
 from tests.fakes import RecordingPositionService
 
@@ -258,12 +259,12 @@ class RunningPositionService:
 def position_service(tmp_path: Path) -> Iterator[RunningPositionService]:
     """The real PositionService on a free port, printing plain text into a buffer."""
     output = io.StringIO()
-    console = Console(file=output, width=200, no_color=True)
+    console = Console(file=output, width=120, no_color=True)
     jsonl = tmp_path / "reports.jsonl"
     names = ["allocation.v1.PositionService"]
     server, health, port = create_server("127.0.0.1:0", names)
     position_service_pb2_grpc.add_PositionServiceServicer_to_server(
-        PositionService(console, max_rows=3, jsonl=jsonl), server
+        PositionService(console, RenderOptions(max_rows=3, plain=True), jsonl=jsonl), server
     )
     server.start()
     set_serving(health, names)

@@ -158,7 +158,7 @@ def test_same_events_give_byte_identical_state(sequence: list[Fill | Split]) -> 
         book = Book(TICKERS)
         allocations = run(book, sequence)
         return json.dumps(
-            [asdict(book.snapshot()), [asdict(a) for a in allocations]],
+            [[asdict(a) for a in book.snapshot().accounts], [asdict(a) for a in allocations]],
             sort_keys=True,
             default=str,
         ).encode()

@@ -7,6 +7,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future
+from typing import Any
 
 import grpc
 import pytest
@@ -19,7 +20,7 @@ from prometheus_client import REGISTRY
 from allocation.v1 import allocation_pb2, controller_service_pb2
 from controller.domain import Fill, Rejected
 from controller.reporter import Reporter
-from controller.sequencer import FillOutcome, SequencerStopped
+from controller.sequencer import Admission, FillOutcome, SequencerStopped
 from controller.service import STREAM_PIPELINE_DEPTH
 from tests.conftest import (
     FakePositionServer,
@@ -44,8 +45,9 @@ def submit(
 
 
 def test_unary_fill_is_allocated_in_whole_shares_by_split(controller: RunningController) -> None:
-    split_id = controller.stub.SetAumSplit(split_request(SPLIT)).split_id
+    split_id = controller.stub.SetAumSplit(split_request(SPLIT)).accepted.split_id
     response = submit(controller, fill("f-1", quantity=100))
+    assert response.WhichOneof("outcome") == "allocation"
     allocation = response.allocation
     assert allocation.status == allocation_pb2.FILL_STATUS_ALLOCATED
     assert allocation.split_id == split_id
@@ -55,7 +57,6 @@ def test_unary_fill_is_allocated_in_whole_shares_by_split(controller: RunningCon
         "acct-c": 20,
     }
     assert allocation.fill.price == "10.5"
-    assert not response.duplicate
     report = positions(controller)
     assert report.fill_count == 1
     assert report.total_value == "1050"
@@ -76,9 +77,12 @@ def test_health_reports_serving(controller: RunningController) -> None:
 
 def stream(
     controller: RunningController, batches: list[list[allocation_pb2.Fill]]
-) -> list[controller_service_pb2.StreamFillsResponse]:
+) -> list[controller_service_pb2.FillResults]:
+    """Send the batches on one stream; the per-fill results of each (none refused whole)."""
     requests = (controller_service_pb2.StreamFillsRequest(fills=b) for b in batches)
-    return list(controller.stub.StreamFills(requests))
+    responses = list(controller.stub.StreamFills(requests))
+    assert all(r.WhichOneof("outcome") == "batch" for r in responses)
+    return [r.batch for r in responses]
 
 
 def test_stream_of_100_fill_batches_answers_in_request_order(controller: RunningController) -> None:
@@ -142,7 +146,7 @@ def test_concurrent_fill_streams_and_split_stream_share_one_order(
                 for k in range(10)
             )
             answers = list(controller.stub.StreamAumSplits(requests))
-            assert [a.split_id for a in answers] == [f"live-{k}" for k in range(10)]
+            assert [a.accepted.split_id for a in answers] == [f"live-{k}" for k in range(10)]
         except BaseException as error:
             errors.put(error)
 
@@ -170,12 +174,12 @@ def test_resent_fill_returns_original_allocation_and_changes_nothing(
     first = submit(controller, fill("dup-1", quantity=77))
     before = positions(controller)
     again = submit(controller, fill("dup-1", quantity=77))
-    assert again.duplicate
-    assert again.allocation == first.allocation
+    assert again.WhichOneof("outcome") == "duplicate"
+    assert again.duplicate == first.allocation
     assert positions(controller) == before
     in_stream = stream(controller, [[fill("dup-1", quantity=77)]])[0].results[0]
-    assert in_stream.duplicate
-    assert in_stream.allocation == first.allocation
+    assert in_stream.WhichOneof("outcome") == "duplicate"
+    assert in_stream.duplicate == first.allocation
 
 
 def test_fills_before_the_first_split_are_pending_then_allocated(
@@ -199,22 +203,42 @@ def test_fills_before_the_first_split_are_pending_then_allocated(
     assert {t.ticker: t.quantity for t in report.tickers} == {"AAPL": 30}
 
 
-def _detail(error: grpc.RpcError) -> Message:
+def _details(error: grpc.RpcError) -> dict[str, Message]:
+    """The error's rich details by message name (ErrorInfo, BadRequest, ...)."""
     status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    assert status is not None and len(status.details) == 1
-    for kind in (
-        error_details_pb2.BadRequest,
-        error_details_pb2.PreconditionFailure,
-        error_details_pb2.ResourceInfo,
-    ):
-        if status.details[0].Is(kind.DESCRIPTOR):
-            detail: Message = kind()
-            status.details[0].Unpack(detail)
-            return detail
-    raise AssertionError(f"unexpected detail {status.details[0].type_url}")
+    assert status is not None
+    found: dict[str, Message] = {}
+    for packed in status.details:
+        for kind in (
+            error_details_pb2.ErrorInfo,
+            error_details_pb2.BadRequest,
+            error_details_pb2.PreconditionFailure,
+            error_details_pb2.ResourceInfo,
+        ):
+            if packed.Is(kind.DESCRIPTOR):
+                detail: Message = kind()
+                packed.Unpack(detail)
+                found[kind.DESCRIPTOR.name] = detail
+    assert len(found) == len(status.details), "unexpected detail type"
+    return found
+
+
+def _error_info(error: grpc.RpcError) -> Any:  # google.rpc ships no type stubs
+    """The ErrorInfo every unary error of the controller carries."""
+    info = _details(error)["ErrorInfo"]
+    assert isinstance(info, error_details_pb2.ErrorInfo)
+    assert info.domain == "allocation.v1.ControllerService"
+    return info
 
 
 BAD_FILLS: list[tuple[str, allocation_pb2.Fill, grpc.StatusCode, str, str]] = [
+    (
+        "side unset",
+        fill("s0", side=allocation_pb2.SIDE_UNSPECIFIED),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "fill.side",
+        "SIDE_UNSPECIFIED",
+    ),
     ("no id", fill(""), grpc.StatusCode.INVALID_ARGUMENT, "fill.fill_id", "''"),
     ("bad id", fill("a b"), grpc.StatusCode.INVALID_ARGUMENT, "fill.fill_id", "'a b'"),
     ("ticker", fill("t", ticker="XYZ"), grpc.StatusCode.INVALID_ARGUMENT, "fill.ticker", "'XYZ'"),
@@ -287,9 +311,18 @@ def test_bad_fill_fails_with_code_message_and_details_and_changes_nothing(
     error = raised.value
     assert error.code() == code
     assert field in str(error.details()) and value in str(error.details())
-    detail = _detail(error)
-    if isinstance(detail, error_details_pb2.BadRequest):
-        assert detail.field_violations[0].field == field
+    details = _details(error)
+    reason = {
+        grpc.StatusCode.INVALID_ARGUMENT: "REJECTION_REASON_INVALID_ARGUMENT",
+        grpc.StatusCode.FAILED_PRECONDITION: "REJECTION_REASON_INSUFFICIENT_HOLDINGS",
+        grpc.StatusCode.ALREADY_EXISTS: "REJECTION_REASON_CONFLICTING_DUPLICATE",
+    }[code]
+    info = _error_info(error)
+    assert info.reason == reason
+    assert info.metadata["field"] == field
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        bad_request: Any = details["BadRequest"]
+        assert bad_request.field_violations[0].field == field
     assert positions(controller) == before
     if message.fill_id not in ("", "a b", "known"):
         with pytest.raises(grpc.RpcError) as lookup:
@@ -323,7 +356,8 @@ def test_bad_split_fails_invalid_argument_and_keeps_previous_split(
     error = raised.value
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert value in str(error.details())
-    detail = _detail(error)
+    assert _error_info(error).reason == "REJECTION_REASON_INVALID_ARGUMENT"
+    detail = _details(error)["BadRequest"]
     assert isinstance(detail, error_details_pb2.BadRequest)
     assert detail.field_violations[0].field == field
     assert positions(controller) == before
@@ -333,11 +367,16 @@ def test_bad_split_fails_invalid_argument_and_keeps_previous_split(
 def test_split_id_reused_with_other_percentages_is_already_exists(
     controller: RunningController,
 ) -> None:
-    assert controller.stub.SetAumSplit(split_request(SPLIT, split_id="s1")).split_id == "s1"
-    assert controller.stub.SetAumSplit(split_request(SPLIT, split_id="s1")).duplicate
+    first = controller.stub.SetAumSplit(split_request(SPLIT, split_id="s1"))
+    assert first.WhichOneof("outcome") == "accepted"
+    assert first.accepted.split_id == "s1"
+    again = controller.stub.SetAumSplit(split_request(SPLIT, split_id="s1"))
+    assert again.WhichOneof("outcome") == "duplicate"
+    assert again.duplicate == first.accepted
     with pytest.raises(grpc.RpcError) as raised:
         controller.stub.SetAumSplit(split_request({"acct-a": "100"}, split_id="s1"))
     assert raised.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert _error_info(raised.value).reason == "REJECTION_REASON_CONFLICTING_DUPLICATE"
 
 
 def test_split_stream_rejects_in_band_and_continues(controller: RunningController) -> None:
@@ -346,11 +385,12 @@ def test_split_stream_rejects_in_band_and_continues(controller: RunningControlle
         for p in ({"a": "100"}, {"a": "90"}, {"b": "100"})
     ]
     answers = list(controller.stub.StreamAumSplits(iter(requests)))
-    assert answers[0].split_id and not answers[0].HasField("rejection")
+    assert [a.WhichOneof("outcome") for a in answers] == ["accepted", "rejection", "accepted"]
+    assert answers[0].accepted.split_id
     assert answers[1].rejection.reason == allocation_pb2.REJECTION_REASON_INVALID_ARGUMENT
     assert answers[1].rejection.field == "split.percentages"
-    assert answers[2].split_id
-    assert positions(controller).split_id == answers[2].split_id
+    assert answers[2].accepted.sequence > answers[0].accepted.sequence
+    assert positions(controller).split_id == answers[2].accepted.split_id
 
 
 def test_unknown_fill_is_not_found(controller: RunningController) -> None:
@@ -360,6 +400,7 @@ def test_unknown_fill_is_not_found(controller: RunningController) -> None:
         )
     assert raised.value.code() == grpc.StatusCode.NOT_FOUND
     assert "never-sent" in str(raised.value.details())
+    assert _error_info(raised.value).reason == "REJECTION_REASON_NOT_FOUND"
 
 
 def test_metrics_count_fills_by_outcome(controller: RunningController) -> None:
@@ -429,7 +470,9 @@ def test_a_stream_aborted_by_a_writer_failure_leaves_no_reader_behind(
     pipeline_full = threading.Event()
     held: list[Future[list[FillOutcome]]] = []
 
-    def failing_submit(items: list[Fill | Rejected]) -> Future[list[FillOutcome]]:
+    def failing_submit(
+        items: list[Fill | Rejected], admit: Admission | None = None
+    ) -> Future[list[FillOutcome]]:
         future: Future[list[FillOutcome]] = Future()
         held.append(future)
         if len(held) == STREAM_PIPELINE_DEPTH:

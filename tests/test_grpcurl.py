@@ -54,11 +54,12 @@ def test_split_fill_positions_and_health_from_json(controller: RunningController
         data='{"split": {"split_id": "demo-1", "percentages": {"alice": "60", "bob": "40"}}}',
     )
     assert split.returncode == 0, split.stderr
-    assert json.loads(split.stdout)["split_id"] == "demo-1"
+    assert json.loads(split.stdout)["accepted"]["split_id"] == "demo-1"
     submitted = grpcurl(
         controller.port,
         "allocation.v1.ControllerService/SubmitFill",
-        data='{"fill": {"fill_id": "X-1", "ticker": "AAPL", "price": "189.25", "quantity": 100}}',
+        data='{"fill": {"fill_id": "X-1", "ticker": "AAPL", "price": "189.25", "quantity": 100,'
+        ' "side": "SIDE_BUY"}}',
     )
     assert submitted.returncode == 0, submitted.stderr
     allocation = json.loads(submitted.stdout)["allocation"]
@@ -79,7 +80,8 @@ def test_bad_fill_exits_with_invalid_argument(controller: RunningController) -> 
     bad = grpcurl(
         controller.port,
         "allocation.v1.ControllerService/SubmitFill",
-        data='{"fill": {"fill_id": "X-2", "ticker": "AAPL", "price": "-3", "quantity": 100}}',
+        data='{"fill": {"fill_id": "X-2", "ticker": "AAPL", "price": "-3", "quantity": 100,'
+        ' "side": "SIDE_BUY"}}',
     )
     assert bad.returncode == INVALID_ARGUMENT_EXIT
     assert "InvalidArgument" in bad.stderr

@@ -50,7 +50,7 @@ def test_recovered_book_equals_the_book_that_wrote_the_journal(
     writer = Sequencer(Book(TICKERS), writer_journal, checkpoint_interval=interval)
     writer.start()
     apply(writer, events())
-    expected = writer.snapshot()
+    expected = writer.snapshot()[0]
     expected_counters = writer.counters
     if clean_stop:
         writer.stop()
@@ -60,7 +60,7 @@ def test_recovered_book_equals_the_book_that_wrote_the_journal(
     assert reader.counters.fill_count == expected_counters.fill_count
     assert reader.counters.next_sequence == expected_counters.next_sequence
     reader.start()
-    assert reader.snapshot() == expected
+    assert reader.snapshot()[0] == expected
     reader.stop()
     writer.stop()
     writer_journal.close()

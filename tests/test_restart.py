@@ -67,7 +67,7 @@ def test_kill_9_and_restart_keeps_every_acknowledged_fill_exactly_once(
         for response in stub.StreamFills(
             controller_service_pb2.StreamFillsRequest(fills=b) for b in batches[:1]
         )
-        for r in response.results
+        for r in response.batch.results
     ]
     stub.SetAumSplit(split_request({"a": "20", "b": "30", "d": "50"}, split_id="s2"))
     first_results += [
@@ -75,11 +75,11 @@ def test_kill_9_and_restart_keeps_every_acknowledged_fill_exactly_once(
         for response in stub.StreamFills(
             controller_service_pb2.StreamFillsRequest(fills=b) for b in batches[1:]
         )
-        for r in response.results
+        for r in response.batch.results
     ]
     accepted = {r.fill_id: r.allocation for r in first_results if r.HasField("allocation")}
     assert len(accepted) >= 250
-    first.wait_for("position service unreachable; allocation continues, retrying")
+    first.wait_for("report not delivered; allocation continues, retrying")
     before = snapshot(stub)
     report_sequence = stub.GetPositions(
         controller_service_pb2.GetPositionsRequest()
@@ -109,12 +109,12 @@ def test_kill_9_and_restart_keeps_every_acknowledged_fill_exactly_once(
             controller_service_pb2.StreamFillsRequest(fills=acknowledged[i : i + 100])
             for i in range(0, len(acknowledged), 100)
         )
-        for r in response.results
+        for r in response.batch.results
     ]
     assert len(resent) == len(accepted)
     for result in resent:
-        assert result.duplicate
-        assert result.allocation == accepted[result.fill_id]
+        assert result.WhichOneof("outcome") == "duplicate"
+        assert result.duplicate == accepted[result.fill_id]
     assert snapshot(stub) == before
     channel.close()
     with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as page:

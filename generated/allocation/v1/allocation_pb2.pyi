@@ -27,7 +27,9 @@ class _Side:
 class _SideEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Side.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     SIDE_UNSPECIFIED: _Side.ValueType  # 0
-    """Not set: treated exactly like SIDE_BUY."""
+    """Not set: refused with INVALID_ARGUMENT naming `fill.side`, so that a client that forgets the
+    side of a sell can never buy by accident.
+    """
     SIDE_BUY: _Side.ValueType  # 1
     """Shares bought for the accounts."""
     SIDE_SELL: _Side.ValueType  # 2
@@ -37,7 +39,9 @@ class Side(_Side, metaclass=_SideEnumTypeWrapper):
     """Side of a fill, seen from the block order's accounts."""
 
 SIDE_UNSPECIFIED: Side.ValueType  # 0
-"""Not set: treated exactly like SIDE_BUY."""
+"""Not set: refused with INVALID_ARGUMENT naming `fill.side`, so that a client that forgets the
+side of a sell can never buy by accident.
+"""
 SIDE_BUY: Side.ValueType  # 1
 """Shares bought for the accounts."""
 SIDE_SELL: Side.ValueType  # 2
@@ -90,9 +94,27 @@ class _RejectionReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Rejec
     """The fill would take the journal's gross traded value (sum of price x quantity of all
     fills) past its limit of about 1.15e12 (unary: FAILED_PRECONDITION). Start a new journal.
     """
+    REJECTION_REASON_TOO_LARGE: _RejectionReason.ValueType  # 5
+    """The message, or the acknowledgement it would need, exceeds a size limit (fills per message,
+    bytes per response: see the README's limits). The whole message is refused once; send the
+    fills in smaller messages. Unary: RESOURCE_EXHAUSTED.
+    """
+    REJECTION_REASON_NOT_FOUND: _RejectionReason.ValueType  # 6
+    """The fill, report or page asked for does not exist (unary: NOT_FOUND)."""
+    REJECTION_REASON_UNAVAILABLE: _RejectionReason.ValueType  # 7
+    """The service cannot take the request now (writer stopped, shutting down); retry elsewhere or
+    later (unary: UNAVAILABLE).
+    """
+    REJECTION_REASON_STALE_REPORT: _RejectionReason.ValueType  # 8
+    """A position report that is not newer than the last one accepted from the same journal, or
+    whose sender gave up on it before it was complete. Never shown.
+    """
 
 class RejectionReason(_RejectionReason, metaclass=_RejectionReasonEnumTypeWrapper):
-    """Why a fill or split sent on a stream was refused. A refused message changes nothing."""
+    """Why a request, or one fill of a stream message, was refused. A refused message changes
+    nothing. Unary errors carry the same name as `google.rpc.ErrorInfo.reason` (domain: the
+    service's full name), so a client can tell refusals apart without parsing text.
+    """
 
 REJECTION_REASON_UNSPECIFIED: RejectionReason.ValueType  # 0
 """Never sent."""
@@ -105,6 +127,21 @@ REJECTION_REASON_CONFLICTING_DUPLICATE: RejectionReason.ValueType  # 3
 REJECTION_REASON_LIMIT_EXCEEDED: RejectionReason.ValueType  # 4
 """The fill would take the journal's gross traded value (sum of price x quantity of all
 fills) past its limit of about 1.15e12 (unary: FAILED_PRECONDITION). Start a new journal.
+"""
+REJECTION_REASON_TOO_LARGE: RejectionReason.ValueType  # 5
+"""The message, or the acknowledgement it would need, exceeds a size limit (fills per message,
+bytes per response: see the README's limits). The whole message is refused once; send the
+fills in smaller messages. Unary: RESOURCE_EXHAUSTED.
+"""
+REJECTION_REASON_NOT_FOUND: RejectionReason.ValueType  # 6
+"""The fill, report or page asked for does not exist (unary: NOT_FOUND)."""
+REJECTION_REASON_UNAVAILABLE: RejectionReason.ValueType  # 7
+"""The service cannot take the request now (writer stopped, shutting down); retry elsewhere or
+later (unary: UNAVAILABLE).
+"""
+REJECTION_REASON_STALE_REPORT: RejectionReason.ValueType  # 8
+"""A position report that is not newer than the last one accepted from the same journal, or
+whose sender gave up on it before it was complete. Never shown.
 """
 Global___RejectionReason: _TypeAlias = RejectionReason  # noqa: Y015
 
@@ -137,7 +174,7 @@ class Fill(_message.Message):
     value limit (about 1.15e12 in price units).
     """
     side: Global___Side.ValueType
-    """Buy or sell; SIDE_UNSPECIFIED is a buy."""
+    """SIDE_BUY or SIDE_SELL; required (SIDE_UNSPECIFIED is refused)."""
     @_builtins.property
     def execute_time(self) -> _timestamp_pb2.Timestamp:
         """When the venue executed the fill; optional and informational (fills are allocated in
@@ -457,6 +494,7 @@ class PositionReport(_message.Message):
     TICKERS_FIELD_NUMBER: _builtins.int
     TOTAL_MARKET_VALUE_FIELD_NUMBER: _builtins.int
     PENDING_FILL_COUNT_FIELD_NUMBER: _builtins.int
+    JOURNAL_ID_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     """Report number: +1 per report generated, never repeated, also across controller restarts."""
     split_id: _builtins.str
@@ -469,13 +507,21 @@ class PositionReport(_message.Message):
     """Sum of all accounts' market values, exact decimal string."""
     pending_fill_count: _builtins.int
     """Fills accepted but held until the first split arrives."""
+    journal_id: _builtins.str
+    """Identity of the controller journal the report comes from, made once when the journal is
+    created. Sequences are comparable only within one journal_id: a controller on a new journal
+    starts again at 1, and the position service keeps the newest report per journal_id.
+    """
     @_builtins.property
     def generate_time(self) -> _timestamp_pb2.Timestamp:
         """When the report was generated."""
 
     @_builtins.property
     def accounts(self) -> _containers.RepeatedCompositeFieldContainer[Global___AccountPositions]:
-        """Every account that is in the split in force or holds a position, sorted by account name."""
+        """Every account that is in the split in force or holds a position, sorted by account name.
+        A page (GetPositions, GetLatestReport) or a part (ReportPositions) holds a contiguous run of
+        this list; every other field is complete in each page and in the first part.
+        """
 
     @_builtins.property
     def tickers(self) -> _containers.RepeatedCompositeFieldContainer[Global___TickerSummary]:
@@ -493,10 +539,11 @@ class PositionReport(_message.Message):
         tickers: _abc.Iterable[Global___TickerSummary] | None = ...,
         total_market_value: _builtins.str = ...,
         pending_fill_count: _builtins.int = ...,
+        journal_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["generate_time", b"generate_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accounts", b"accounts", "fill_count", b"fill_count", "generate_time", b"generate_time", "pending_fill_count", b"pending_fill_count", "sequence", b"sequence", "split_id", b"split_id", "tickers", b"tickers", "total_market_value", b"total_market_value", "total_value", b"total_value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accounts", b"accounts", "fill_count", b"fill_count", "generate_time", b"generate_time", "journal_id", b"journal_id", "pending_fill_count", b"pending_fill_count", "sequence", b"sequence", "split_id", b"split_id", "tickers", b"tickers", "total_market_value", b"total_market_value", "total_value", b"total_value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

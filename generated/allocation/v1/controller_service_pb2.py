@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from allocation.v1 import allocation_pb2 as allocation_dot_v1_dot_allocation__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&allocation/v1/controller_service.proto\x12\rallocation.v1\x1a\x1e\x61llocation/v1/allocation.proto\"6\n\x11SubmitFillRequest\x12!\n\x04\x66ill\x18\x01 \x01(\x0b\x32\x13.allocation.v1.Fill\"Z\n\x12SubmitFillResponse\x12\x31\n\nallocation\x18\x01 \x01(\x0b\x32\x1d.allocation.v1.FillAllocation\x12\x11\n\tduplicate\x18\x02 \x01(\x08\"8\n\x12StreamFillsRequest\x12\"\n\x05\x66ills\x18\x01 \x03(\x0b\x32\x13.allocation.v1.Fill\"\x9f\x01\n\nFillResult\x12\x0f\n\x07\x66ill_id\x18\x01 \x01(\t\x12\x33\n\nallocation\x18\x02 \x01(\x0b\x32\x1d.allocation.v1.FillAllocationH\x00\x12-\n\trejection\x18\x03 \x01(\x0b\x32\x18.allocation.v1.RejectionH\x00\x12\x11\n\tduplicate\x18\x04 \x01(\x08\x42\t\n\x07outcome\"A\n\x13StreamFillsResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.allocation.v1.FillResult\"<\n\x12SetAumSplitRequest\x12&\n\x05split\x18\x01 \x01(\x0b\x32\x17.allocation.v1.AumSplit\":\n\x13SetAumSplitResponse\x12\x10\n\x08split_id\x18\x01 \x01(\t\x12\x11\n\tduplicate\x18\x02 \x01(\x08\"@\n\x16StreamAumSplitsRequest\x12&\n\x05split\x18\x01 \x01(\x0b\x32\x17.allocation.v1.AumSplit\"k\n\x17StreamAumSplitsResponse\x12\x10\n\x08split_id\x18\x01 \x01(\t\x12+\n\trejection\x18\x02 \x01(\x0b\x32\x18.allocation.v1.Rejection\x12\x11\n\tduplicate\x18\x03 \x01(\x08\"\x15\n\x13GetPositionsRequest\"E\n\x14GetPositionsResponse\x12-\n\x06report\x18\x01 \x01(\x0b\x32\x1d.allocation.v1.PositionReport\"+\n\x18GetFillAllocationRequest\x12\x0f\n\x07\x66ill_id\x18\x01 \x01(\t\"N\n\x19GetFillAllocationResponse\x12\x31\n\nallocation\x18\x01 \x01(\x0b\x32\x1d.allocation.v1.FillAllocation2\xbd\x04\n\x11\x43ontrollerService\x12Q\n\nSubmitFill\x12 .allocation.v1.SubmitFillRequest\x1a!.allocation.v1.SubmitFillResponse\x12X\n\x0bStreamFills\x12!.allocation.v1.StreamFillsRequest\x1a\".allocation.v1.StreamFillsResponse(\x01\x30\x01\x12T\n\x0bSetAumSplit\x12!.allocation.v1.SetAumSplitRequest\x1a\".allocation.v1.SetAumSplitResponse\x12\x64\n\x0fStreamAumSplits\x12%.allocation.v1.StreamAumSplitsRequest\x1a&.allocation.v1.StreamAumSplitsResponse(\x01\x30\x01\x12W\n\x0cGetPositions\x12\".allocation.v1.GetPositionsRequest\x1a#.allocation.v1.GetPositionsResponse\x12\x66\n\x11GetFillAllocation\x12\'.allocation.v1.GetFillAllocationRequest\x1a(.allocation.v1.GetFillAllocationResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&allocation/v1/controller_service.proto\x12\rallocation.v1\x1a\x1e\x61llocation/v1/allocation.proto\"6\n\x11SubmitFillRequest\x12!\n\x04\x66ill\x18\x01 \x01(\x0b\x32\x13.allocation.v1.Fill\"\x8e\x01\n\x12SubmitFillResponse\x12\x33\n\nallocation\x18\x01 \x01(\x0b\x32\x1d.allocation.v1.FillAllocationH\x00\x12\x32\n\tduplicate\x18\x03 \x01(\x0b\x32\x1d.allocation.v1.FillAllocationH\x00\x42\t\n\x07outcomeJ\x04\x08\x02\x10\x03\"8\n\x12StreamFillsRequest\x12\"\n\x05\x66ills\x18\x01 \x03(\x0b\x32\x13.allocation.v1.Fill\"\xc6\x01\n\nFillResult\x12\x0f\n\x07\x66ill_id\x18\x01 \x01(\t\x12\x33\n\nallocation\x18\x02 \x01(\x0b\x32\x1d.allocation.v1.FillAllocationH\x00\x12-\n\trejection\x18\x03 \x01(\x0b\x32\x18.allocation.v1.RejectionH\x00\x12\x32\n\tduplicate\x18\x05 \x01(\x0b\x32\x1d.allocation.v1.FillAllocationH\x00\x42\t\n\x07outcomeJ\x04\x08\x04\x10\x05\"9\n\x0b\x46illResults\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.allocation.v1.FillResult\"\x82\x01\n\x13StreamFillsResponse\x12+\n\x05\x62\x61tch\x18\x02 \x01(\x0b\x32\x1a.allocation.v1.FillResultsH\x00\x12-\n\trejection\x18\x03 \x01(\x0b\x32\x18.allocation.v1.RejectionH\x00\x42\t\n\x07outcomeJ\x04\x08\x01\x10\x02\"2\n\x0cSplitReceipt\x12\x10\n\x08split_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x03\"<\n\x12SetAumSplitRequest\x12&\n\x05split\x18\x01 \x01(\x0b\x32\x17.allocation.v1.AumSplit\"\x8f\x01\n\x13SetAumSplitResponse\x12/\n\x08\x61\x63\x63\x65pted\x18\x03 \x01(\x0b\x32\x1b.allocation.v1.SplitReceiptH\x00\x12\x30\n\tduplicate\x18\x04 \x01(\x0b\x32\x1b.allocation.v1.SplitReceiptH\x00\x42\t\n\x07outcomeJ\x04\x08\x01\x10\x02J\x04\x08\x02\x10\x03\"@\n\x16StreamAumSplitsRequest\x12&\n\x05split\x18\x01 \x01(\x0b\x32\x17.allocation.v1.AumSplit\"\xc2\x01\n\x17StreamAumSplitsResponse\x12/\n\x08\x61\x63\x63\x65pted\x18\x04 \x01(\x0b\x32\x1b.allocation.v1.SplitReceiptH\x00\x12\x30\n\tduplicate\x18\x05 \x01(\x0b\x32\x1b.allocation.v1.SplitReceiptH\x00\x12-\n\trejection\x18\x02 \x01(\x0b\x32\x18.allocation.v1.RejectionH\x00\x42\t\n\x07outcomeJ\x04\x08\x01\x10\x02J\x04\x08\x03\x10\x04\"<\n\x13GetPositionsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"r\n\x14GetPositionsResponse\x12-\n\x06report\x18\x01 \x01(\x0b\x32\x1d.allocation.v1.PositionReport\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x03\"+\n\x18GetFillAllocationRequest\x12\x0f\n\x07\x66ill_id\x18\x01 \x01(\t\"N\n\x19GetFillAllocationResponse\x12\x31\n\nallocation\x18\x01 \x01(\x0b\x32\x1d.allocation.v1.FillAllocation2\xbd\x04\n\x11\x43ontrollerService\x12Q\n\nSubmitFill\x12 .allocation.v1.SubmitFillRequest\x1a!.allocation.v1.SubmitFillResponse\x12X\n\x0bStreamFills\x12!.allocation.v1.StreamFillsRequest\x1a\".allocation.v1.StreamFillsResponse(\x01\x30\x01\x12T\n\x0bSetAumSplit\x12!.allocation.v1.SetAumSplitRequest\x1a\".allocation.v1.SetAumSplitResponse\x12\x64\n\x0fStreamAumSplits\x12%.allocation.v1.StreamAumSplitsRequest\x1a&.allocation.v1.StreamAumSplitsResponse(\x01\x30\x01\x12W\n\x0cGetPositions\x12\".allocation.v1.GetPositionsRequest\x1a#.allocation.v1.GetPositionsResponse\x12\x66\n\x11GetFillAllocation\x12\'.allocation.v1.GetFillAllocationRequest\x1a(.allocation.v1.GetFillAllocationResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,30 +34,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SUBMITFILLREQUEST']._serialized_start=89
   _globals['_SUBMITFILLREQUEST']._serialized_end=143
-  _globals['_SUBMITFILLRESPONSE']._serialized_start=145
-  _globals['_SUBMITFILLRESPONSE']._serialized_end=235
-  _globals['_STREAMFILLSREQUEST']._serialized_start=237
-  _globals['_STREAMFILLSREQUEST']._serialized_end=293
-  _globals['_FILLRESULT']._serialized_start=296
-  _globals['_FILLRESULT']._serialized_end=455
-  _globals['_STREAMFILLSRESPONSE']._serialized_start=457
-  _globals['_STREAMFILLSRESPONSE']._serialized_end=522
-  _globals['_SETAUMSPLITREQUEST']._serialized_start=524
-  _globals['_SETAUMSPLITREQUEST']._serialized_end=584
-  _globals['_SETAUMSPLITRESPONSE']._serialized_start=586
-  _globals['_SETAUMSPLITRESPONSE']._serialized_end=644
-  _globals['_STREAMAUMSPLITSREQUEST']._serialized_start=646
-  _globals['_STREAMAUMSPLITSREQUEST']._serialized_end=710
-  _globals['_STREAMAUMSPLITSRESPONSE']._serialized_start=712
-  _globals['_STREAMAUMSPLITSRESPONSE']._serialized_end=819
-  _globals['_GETPOSITIONSREQUEST']._serialized_start=821
-  _globals['_GETPOSITIONSREQUEST']._serialized_end=842
-  _globals['_GETPOSITIONSRESPONSE']._serialized_start=844
-  _globals['_GETPOSITIONSRESPONSE']._serialized_end=913
-  _globals['_GETFILLALLOCATIONREQUEST']._serialized_start=915
-  _globals['_GETFILLALLOCATIONREQUEST']._serialized_end=958
-  _globals['_GETFILLALLOCATIONRESPONSE']._serialized_start=960
-  _globals['_GETFILLALLOCATIONRESPONSE']._serialized_end=1038
-  _globals['_CONTROLLERSERVICE']._serialized_start=1041
-  _globals['_CONTROLLERSERVICE']._serialized_end=1614
+  _globals['_SUBMITFILLRESPONSE']._serialized_start=146
+  _globals['_SUBMITFILLRESPONSE']._serialized_end=288
+  _globals['_STREAMFILLSREQUEST']._serialized_start=290
+  _globals['_STREAMFILLSREQUEST']._serialized_end=346
+  _globals['_FILLRESULT']._serialized_start=349
+  _globals['_FILLRESULT']._serialized_end=547
+  _globals['_FILLRESULTS']._serialized_start=549
+  _globals['_FILLRESULTS']._serialized_end=606
+  _globals['_STREAMFILLSRESPONSE']._serialized_start=609
+  _globals['_STREAMFILLSRESPONSE']._serialized_end=739
+  _globals['_SPLITRECEIPT']._serialized_start=741
+  _globals['_SPLITRECEIPT']._serialized_end=791
+  _globals['_SETAUMSPLITREQUEST']._serialized_start=793
+  _globals['_SETAUMSPLITREQUEST']._serialized_end=853
+  _globals['_SETAUMSPLITRESPONSE']._serialized_start=856
+  _globals['_SETAUMSPLITRESPONSE']._serialized_end=999
+  _globals['_STREAMAUMSPLITSREQUEST']._serialized_start=1001
+  _globals['_STREAMAUMSPLITSREQUEST']._serialized_end=1065
+  _globals['_STREAMAUMSPLITSRESPONSE']._serialized_start=1068
+  _globals['_STREAMAUMSPLITSRESPONSE']._serialized_end=1262
+  _globals['_GETPOSITIONSREQUEST']._serialized_start=1264
+  _globals['_GETPOSITIONSREQUEST']._serialized_end=1324
+  _globals['_GETPOSITIONSRESPONSE']._serialized_start=1326
+  _globals['_GETPOSITIONSRESPONSE']._serialized_end=1440
+  _globals['_GETFILLALLOCATIONREQUEST']._serialized_start=1442
+  _globals['_GETFILLALLOCATIONREQUEST']._serialized_end=1485
+  _globals['_GETFILLALLOCATIONRESPONSE']._serialized_start=1487
+  _globals['_GETFILLALLOCATIONRESPONSE']._serialized_end=1565
+  _globals['_CONTROLLERSERVICE']._serialized_start=1568
+  _globals['_CONTROLLERSERVICE']._serialized_end=2141
 # @@protoc_insertion_point(module_scope)

@@ -51,31 +51,37 @@ class SubmitFillResponse(_message.Message):
 
     ALLOCATION_FIELD_NUMBER: _builtins.int
     DUPLICATE_FIELD_NUMBER: _builtins.int
-    duplicate: _builtins.bool
-    """True when this fill_id was already journaled with identical content: nothing changed and
-    the original allocation is returned.
-    """
     @_builtins.property
     def allocation(self) -> _allocation_pb2.FillAllocation:
-        """The fill's allocation (PENDING before the first split)."""
+        """The fill was journaled by this call: its allocation (PENDING before the first split)."""
+
+    @_builtins.property
+    def duplicate(self) -> _allocation_pb2.FillAllocation:
+        """The fill_id was already journaled with identical content: nothing changed; this is the
+        original allocation.
+        """
 
     def __init__(
         self,
         *,
         allocation: _allocation_pb2.FillAllocation | None = ...,
-        duplicate: _builtins.bool = ...,
+        duplicate: _allocation_pb2.FillAllocation | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["allocation", b"allocation"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["allocation", b"allocation", "duplicate", b"duplicate", "outcome", b"outcome"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocation", b"allocation", "duplicate", b"duplicate"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocation", b"allocation", "duplicate", b"duplicate", "outcome", b"outcome"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType_outcome: _TypeAlias = _typing.Literal["allocation", "duplicate"]  # noqa: Y015
+    _WhichOneofArgType_outcome: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_outcome) -> _WhichOneofReturnType_outcome | None: ...
 
 Global___SubmitFillResponse: _TypeAlias = SubmitFillResponse  # noqa: Y015
 
 @_typing.final
 class StreamFillsRequest(_message.Message):
-    """Request of StreamFills: a batch of fills. Up to 10000 fills per message; 100 is a good size."""
+    """Request of StreamFills: a batch of fills, at most 10000, and few enough that the response
+    fits in 4 MiB (see the README's limits; 100 is a good size).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -108,16 +114,22 @@ class FillResult(_message.Message):
     REJECTION_FIELD_NUMBER: _builtins.int
     DUPLICATE_FIELD_NUMBER: _builtins.int
     fill_id: _builtins.str
-    """The fill's execution id as sent (may be empty if the fill was rejected for lacking one)."""
-    duplicate: _builtins.bool
-    """True when the fill was already journaled with identical content."""
+    """The fill's execution id as sent (empty if the fill was rejected for lacking one; cut to its
+    first 128 characters if it was rejected for being longer).
+    """
     @_builtins.property
     def allocation(self) -> _allocation_pb2.FillAllocation:
-        """The allocation (original allocation when duplicate is true)."""
+        """The fill was journaled by this message: its allocation (PENDING before the first split)."""
 
     @_builtins.property
     def rejection(self) -> _allocation_pb2.Rejection:
         """Why the fill was refused; nothing changed."""
+
+    @_builtins.property
+    def duplicate(self) -> _allocation_pb2.FillAllocation:
+        """The fill_id was already journaled with identical content: nothing changed; this is the
+        original allocation.
+        """
 
     def __init__(
         self,
@@ -125,21 +137,21 @@ class FillResult(_message.Message):
         fill_id: _builtins.str = ...,
         allocation: _allocation_pb2.FillAllocation | None = ...,
         rejection: _allocation_pb2.Rejection | None = ...,
-        duplicate: _builtins.bool = ...,
+        duplicate: _allocation_pb2.FillAllocation | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["allocation", b"allocation", "outcome", b"outcome", "rejection", b"rejection"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["allocation", b"allocation", "duplicate", b"duplicate", "outcome", b"outcome", "rejection", b"rejection"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
     _ClearFieldArgType: _TypeAlias = _typing.Literal["allocation", b"allocation", "duplicate", b"duplicate", "fill_id", b"fill_id", "outcome", b"outcome", "rejection", b"rejection"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_outcome: _TypeAlias = _typing.Literal["allocation", "rejection"]  # noqa: Y015
+    _WhichOneofReturnType_outcome: _TypeAlias = _typing.Literal["allocation", "rejection", "duplicate"]  # noqa: Y015
     _WhichOneofArgType_outcome: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_outcome) -> _WhichOneofReturnType_outcome | None: ...
 
 Global___FillResult: _TypeAlias = FillResult  # noqa: Y015
 
 @_typing.final
-class StreamFillsResponse(_message.Message):
-    """Response of StreamFills: one per request, in order."""
+class FillResults(_message.Message):
+    """The per-fill results of one StreamFills request."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -159,7 +171,67 @@ class StreamFillsResponse(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+Global___FillResults: _TypeAlias = FillResults  # noqa: Y015
+
+@_typing.final
+class StreamFillsResponse(_message.Message):
+    """Response of StreamFills: one per request, in order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BATCH_FIELD_NUMBER: _builtins.int
+    REJECTION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def batch(self) -> Global___FillResults:
+        """The message was processed: one result per fill (each accepted, duplicate or rejected)."""
+
+    @_builtins.property
+    def rejection(self) -> _allocation_pb2.Rejection:
+        """The message was refused as a whole (for example more fills than the per-message limit,
+        or an acknowledgement that could exceed 4 MiB); none of its fills was looked at.
+        """
+
+    def __init__(
+        self,
+        *,
+        batch: Global___FillResults | None = ...,
+        rejection: _allocation_pb2.Rejection | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "outcome", b"outcome", "rejection", b"rejection"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "outcome", b"outcome", "rejection", b"rejection"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_outcome: _TypeAlias = _typing.Literal["batch", "rejection"]  # noqa: Y015
+    _WhichOneofArgType_outcome: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_outcome) -> _WhichOneofReturnType_outcome | None: ...
+
 Global___StreamFillsResponse: _TypeAlias = StreamFillsResponse  # noqa: Y015
+
+@_typing.final
+class SplitReceipt(_message.Message):
+    """A split as the journal holds it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPLIT_ID_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    split_id: _builtins.str
+    """The split's id (assigned by the controller when the request left it empty)."""
+    sequence: _builtins.int
+    """Position of the split in the controller's journal."""
+    def __init__(
+        self,
+        *,
+        split_id: _builtins.str = ...,
+        sequence: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sequence", b"sequence", "split_id", b"split_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SplitReceipt: _TypeAlias = SplitReceipt  # noqa: Y015
 
 @_typing.final
 class SetAumSplitRequest(_message.Message):
@@ -191,23 +263,29 @@ class SetAumSplitResponse(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    SPLIT_ID_FIELD_NUMBER: _builtins.int
+    ACCEPTED_FIELD_NUMBER: _builtins.int
     DUPLICATE_FIELD_NUMBER: _builtins.int
-    split_id: _builtins.str
-    """The split's id (assigned by the controller when the request left it empty)."""
-    duplicate: _builtins.bool
-    """True when this split_id was already journaled with identical percentages."""
+    @_builtins.property
+    def accepted(self) -> Global___SplitReceipt:
+        """The split was journaled and is in force from the next event on."""
+
+    @_builtins.property
+    def duplicate(self) -> Global___SplitReceipt:
+        """The split_id was already journaled with identical percentages: nothing changed."""
+
     def __init__(
         self,
         *,
-        split_id: _builtins.str = ...,
-        duplicate: _builtins.bool = ...,
+        accepted: Global___SplitReceipt | None = ...,
+        duplicate: Global___SplitReceipt | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "duplicate", b"duplicate", "outcome", b"outcome"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["duplicate", b"duplicate", "split_id", b"split_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "duplicate", b"duplicate", "outcome", b"outcome"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType_outcome: _TypeAlias = _typing.Literal["accepted", "duplicate"]  # noqa: Y015
+    _WhichOneofArgType_outcome: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_outcome) -> _WhichOneofReturnType_outcome | None: ...
 
 Global___SetAumSplitResponse: _TypeAlias = SetAumSplitResponse  # noqa: Y015
 
@@ -241,44 +319,65 @@ class StreamAumSplitsResponse(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    SPLIT_ID_FIELD_NUMBER: _builtins.int
-    REJECTION_FIELD_NUMBER: _builtins.int
+    ACCEPTED_FIELD_NUMBER: _builtins.int
     DUPLICATE_FIELD_NUMBER: _builtins.int
-    split_id: _builtins.str
-    """The split's id; empty when rejected."""
-    duplicate: _builtins.bool
-    """True when this split_id was already journaled with identical percentages."""
+    REJECTION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def accepted(self) -> Global___SplitReceipt:
+        """The split was journaled and is in force from the next event on."""
+
+    @_builtins.property
+    def duplicate(self) -> Global___SplitReceipt:
+        """The split_id was already journaled with identical percentages: nothing changed."""
+
     @_builtins.property
     def rejection(self) -> _allocation_pb2.Rejection:
-        """Set when the split was refused; the previous split stays in force."""
+        """The split was refused; the previous split stays in force."""
 
     def __init__(
         self,
         *,
-        split_id: _builtins.str = ...,
+        accepted: Global___SplitReceipt | None = ...,
+        duplicate: Global___SplitReceipt | None = ...,
         rejection: _allocation_pb2.Rejection | None = ...,
-        duplicate: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["rejection", b"rejection"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "duplicate", b"duplicate", "outcome", b"outcome", "rejection", b"rejection"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["duplicate", b"duplicate", "rejection", b"rejection", "split_id", b"split_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "duplicate", b"duplicate", "outcome", b"outcome", "rejection", b"rejection"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType_outcome: _TypeAlias = _typing.Literal["accepted", "duplicate", "rejection"]  # noqa: Y015
+    _WhichOneofArgType_outcome: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_outcome) -> _WhichOneofReturnType_outcome | None: ...
 
 Global___StreamAumSplitsResponse: _TypeAlias = StreamAumSplitsResponse  # noqa: Y015
 
 @_typing.final
 class GetPositionsRequest(_message.Message):
-    """Request of GetPositions."""
+    """Request of GetPositions (AIP-158 pagination)."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """Accounts per page: 0 means the default (500), larger values are lowered to the maximum
+    (5000); negative values are refused. A page may hold fewer accounts than asked so that it
+    stays under 3 MiB.
+    """
+    page_token: _builtins.str
+    """`next_page_token` of the previous page; empty for the first page. A token stays valid for
+    5 minutes while fewer than 4 newer listings have started; an expired one is refused with
+    INVALID_ARGUMENT (start again without a token).
+    """
     def __init__(
         self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -291,20 +390,28 @@ class GetPositionsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     REPORT_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    TOTAL_SIZE_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty on the last page."""
+    total_size: _builtins.int
+    """Number of accounts over all pages."""
     @_builtins.property
     def report(self) -> _allocation_pb2.PositionReport:
-        """The current positions. Its sequence is the last periodic report's sequence (on-demand
-        reports do not consume a sequence number).
+        """The positions: every field of the report, with this page's accounts. Its sequence is the
+        last periodic report's sequence (on-demand reports do not consume a sequence number).
         """
 
     def __init__(
         self,
         *,
         report: _allocation_pb2.PositionReport | None = ...,
+        next_page_token: _builtins.str = ...,
+        total_size: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["report", b"report"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["report", b"report"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "report", b"report", "total_size", b"total_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

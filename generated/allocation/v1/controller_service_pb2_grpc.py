@@ -28,6 +28,9 @@ if _version_not_supported:
 class ControllerServiceStub:
     """Allocates fills of a block order to accounts in whole shares, following the AUM split.
     Every accepted fill and split is journaled durably before it is acknowledged.
+
+    Every unary error carries google.rpc.ErrorInfo (reason: a RejectionReason name, domain:
+    "allocation.v1.ControllerService") and, where a field is at fault, google.rpc.BadRequest.
     """
 
     def __init__(self, channel):
@@ -71,13 +74,16 @@ class ControllerServiceStub:
 class ControllerServiceServicer:
     """Allocates fills of a block order to accounts in whole shares, following the AUM split.
     Every accepted fill and split is journaled durably before it is acknowledged.
+
+    Every unary error carries google.rpc.ErrorInfo (reason: a RejectionReason name, domain:
+    "allocation.v1.ControllerService") and, where a field is at fault, google.rpc.BadRequest.
     """
 
     def SubmitFill(self, request, context):
         """Allocates one fill. Errors: INVALID_ARGUMENT (malformed field, with google.rpc.BadRequest
         details), FAILED_PRECONDITION (sell exceeds holdings), ALREADY_EXISTS (fill_id reused with
-        different content). A repeated identical fill returns the original allocation with
-        duplicate = true.
+        different content), RESOURCE_EXHAUSTED (the allocation could not fit in a response). A
+        repeated identical fill returns the original allocation as `duplicate`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -85,7 +91,8 @@ class ControllerServiceServicer:
 
     def StreamFills(self, request_iterator, context):
         """High-throughput ingestion: exactly one response per request, in request order, with one
-        result per fill in fill order. Bad fills are rejected in-band; the stream continues.
+        result per fill in fill order. Bad fills are rejected in-band and the stream continues; a
+        message that is too large as a whole is refused as a whole, once, in-band.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -108,7 +115,8 @@ class ControllerServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetPositions(self, request, context):
-        """The current full position report (same content as the periodic reports).
+        """The current positions, one page of accounts at a time (AIP-158). Every page of one listing
+        comes from the same consistent snapshot of the book.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -165,6 +173,9 @@ def add_ControllerServiceServicer_to_server(servicer, server):
 class ControllerService:
     """Allocates fills of a block order to accounts in whole shares, following the AUM split.
     Every accepted fill and split is journaled durably before it is acknowledged.
+
+    Every unary error carries google.rpc.ErrorInfo (reason: a RejectionReason name, domain:
+    "allocation.v1.ControllerService") and, where a field is at fault, google.rpc.BadRequest.
     """
 
     @staticmethod

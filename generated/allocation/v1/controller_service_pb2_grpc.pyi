@@ -29,6 +29,9 @@ GRPC_VERSION: str
 class ControllerServiceStub:
     """Allocates fills of a block order to accounts in whole shares, following the AUM split.
     Every accepted fill and split is journaled durably before it is acknowledged.
+
+    Every unary error carries google.rpc.ErrorInfo (reason: a RejectionReason name, domain:
+    "allocation.v1.ControllerService") and, where a field is at fault, google.rpc.BadRequest.
     """
 
     @_typing.overload
@@ -38,12 +41,13 @@ class ControllerServiceStub:
     SubmitFill: _grpc.UnaryUnaryMultiCallable[_controller_service_pb2.SubmitFillRequest, _controller_service_pb2.SubmitFillResponse]
     """Allocates one fill. Errors: INVALID_ARGUMENT (malformed field, with google.rpc.BadRequest
     details), FAILED_PRECONDITION (sell exceeds holdings), ALREADY_EXISTS (fill_id reused with
-    different content). A repeated identical fill returns the original allocation with
-    duplicate = true.
+    different content), RESOURCE_EXHAUSTED (the allocation could not fit in a response). A
+    repeated identical fill returns the original allocation as `duplicate`.
     """
     StreamFills: _grpc.StreamStreamMultiCallable[_controller_service_pb2.StreamFillsRequest, _controller_service_pb2.StreamFillsResponse]
     """High-throughput ingestion: exactly one response per request, in request order, with one
-    result per fill in fill order. Bad fills are rejected in-band; the stream continues.
+    result per fill in fill order. Bad fills are rejected in-band and the stream continues; a
+    message that is too large as a whole is refused as a whole, once, in-band.
     """
     SetAumSplit: _grpc.UnaryUnaryMultiCallable[_controller_service_pb2.SetAumSplitRequest, _controller_service_pb2.SetAumSplitResponse]
     """Replaces the split in force from the next fill on. Errors: INVALID_ARGUMENT,
@@ -54,7 +58,9 @@ class ControllerServiceStub:
     rejections in-band.
     """
     GetPositions: _grpc.UnaryUnaryMultiCallable[_controller_service_pb2.GetPositionsRequest, _controller_service_pb2.GetPositionsResponse]
-    """The current full position report (same content as the periodic reports)."""
+    """The current positions, one page of accounts at a time (AIP-158). Every page of one listing
+    comes from the same consistent snapshot of the book.
+    """
     GetFillAllocation: _grpc.UnaryUnaryMultiCallable[_controller_service_pb2.GetFillAllocationRequest, _controller_service_pb2.GetFillAllocationResponse]
     """Audit look-up of one fill's allocation from the journal. Error: NOT_FOUND."""
 
@@ -62,18 +68,22 @@ class ControllerServiceStub:
 class ControllerServiceAsyncStub(ControllerServiceStub):
     """Allocates fills of a block order to accounts in whole shares, following the AUM split.
     Every accepted fill and split is journaled durably before it is acknowledged.
+
+    Every unary error carries google.rpc.ErrorInfo (reason: a RejectionReason name, domain:
+    "allocation.v1.ControllerService") and, where a field is at fault, google.rpc.BadRequest.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     SubmitFill: _aio.UnaryUnaryMultiCallable[_controller_service_pb2.SubmitFillRequest, _controller_service_pb2.SubmitFillResponse]  # type: ignore[assignment]
     """Allocates one fill. Errors: INVALID_ARGUMENT (malformed field, with google.rpc.BadRequest
     details), FAILED_PRECONDITION (sell exceeds holdings), ALREADY_EXISTS (fill_id reused with
-    different content). A repeated identical fill returns the original allocation with
-    duplicate = true.
+    different content), RESOURCE_EXHAUSTED (the allocation could not fit in a response). A
+    repeated identical fill returns the original allocation as `duplicate`.
     """
     StreamFills: _aio.StreamStreamMultiCallable[_controller_service_pb2.StreamFillsRequest, _controller_service_pb2.StreamFillsResponse]  # type: ignore[assignment]
     """High-throughput ingestion: exactly one response per request, in request order, with one
-    result per fill in fill order. Bad fills are rejected in-band; the stream continues.
+    result per fill in fill order. Bad fills are rejected in-band and the stream continues; a
+    message that is too large as a whole is refused as a whole, once, in-band.
     """
     SetAumSplit: _aio.UnaryUnaryMultiCallable[_controller_service_pb2.SetAumSplitRequest, _controller_service_pb2.SetAumSplitResponse]  # type: ignore[assignment]
     """Replaces the split in force from the next fill on. Errors: INVALID_ARGUMENT,
@@ -84,13 +94,18 @@ class ControllerServiceAsyncStub(ControllerServiceStub):
     rejections in-band.
     """
     GetPositions: _aio.UnaryUnaryMultiCallable[_controller_service_pb2.GetPositionsRequest, _controller_service_pb2.GetPositionsResponse]  # type: ignore[assignment]
-    """The current full position report (same content as the periodic reports)."""
+    """The current positions, one page of accounts at a time (AIP-158). Every page of one listing
+    comes from the same consistent snapshot of the book.
+    """
     GetFillAllocation: _aio.UnaryUnaryMultiCallable[_controller_service_pb2.GetFillAllocationRequest, _controller_service_pb2.GetFillAllocationResponse]  # type: ignore[assignment]
     """Audit look-up of one fill's allocation from the journal. Error: NOT_FOUND."""
 
 class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
     """Allocates fills of a block order to accounts in whole shares, following the AUM split.
     Every accepted fill and split is journaled durably before it is acknowledged.
+
+    Every unary error carries google.rpc.ErrorInfo (reason: a RejectionReason name, domain:
+    "allocation.v1.ControllerService") and, where a field is at fault, google.rpc.BadRequest.
     """
 
     @_abc_1.abstractmethod
@@ -101,8 +116,8 @@ class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_controller_service_pb2.SubmitFillResponse, _abc.Awaitable[_controller_service_pb2.SubmitFillResponse]]:
         """Allocates one fill. Errors: INVALID_ARGUMENT (malformed field, with google.rpc.BadRequest
         details), FAILED_PRECONDITION (sell exceeds holdings), ALREADY_EXISTS (fill_id reused with
-        different content). A repeated identical fill returns the original allocation with
-        duplicate = true.
+        different content), RESOURCE_EXHAUSTED (the allocation could not fit in a response). A
+        repeated identical fill returns the original allocation as `duplicate`.
         """
 
     @_abc_1.abstractmethod
@@ -112,7 +127,8 @@ class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_controller_service_pb2.StreamFillsResponse], _abc.AsyncIterator[_controller_service_pb2.StreamFillsResponse]]:
         """High-throughput ingestion: exactly one response per request, in request order, with one
-        result per fill in fill order. Bad fills are rejected in-band; the stream continues.
+        result per fill in fill order. Bad fills are rejected in-band and the stream continues; a
+        message that is too large as a whole is refused as a whole, once, in-band.
         """
 
     @_abc_1.abstractmethod
@@ -141,7 +157,9 @@ class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _controller_service_pb2.GetPositionsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_controller_service_pb2.GetPositionsResponse, _abc.Awaitable[_controller_service_pb2.GetPositionsResponse]]:
-        """The current full position report (same content as the periodic reports)."""
+        """The current positions, one page of accounts at a time (AIP-158). Every page of one listing
+        comes from the same consistent snapshot of the book.
+        """
 
     @_abc_1.abstractmethod
     def GetFillAllocation(

@@ -19,27 +19,61 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
 class ReportPositionsRequest(_message.Message):
-    """Request of ReportPositions."""
+    """Request of ReportPositions: one part of a report."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     REPORT_FIELD_NUMBER: _builtins.int
+    ACCOUNT_COUNT_FIELD_NUMBER: _builtins.int
+    account_count: _builtins.int
+    """Set on the first part: how many accounts the whole report has. A stream whose parts do
+    not add up to it is refused.
+    """
     @_builtins.property
     def report(self) -> _allocation_pb2.PositionReport:
-        """The controller's full position report."""
+        """The first part carries every field of the report and the first accounts; later parts carry
+        only further accounts, in order.
+        """
 
     def __init__(
         self,
         *,
         report: _allocation_pb2.PositionReport | None = ...,
+        account_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["report", b"report"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["report", b"report"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_count", b"account_count", "report", b"report"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReportPositionsRequest: _TypeAlias = ReportPositionsRequest  # noqa: Y015
+
+@_typing.final
+class ReportReceipt(_message.Message):
+    """A report as the position service keeps it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOURNAL_ID_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    journal_id: _builtins.str
+    """The journal the report came from."""
+    sequence: _builtins.int
+    """The report's sequence within that journal."""
+    def __init__(
+        self,
+        *,
+        journal_id: _builtins.str = ...,
+        sequence: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["journal_id", b"journal_id", "sequence", b"sequence"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportReceipt: _TypeAlias = ReportReceipt  # noqa: Y015
 
 @_typing.final
 class ReportPositionsResponse(_message.Message):
@@ -48,33 +82,60 @@ class ReportPositionsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ACCEPTED_FIELD_NUMBER: _builtins.int
-    accepted: _builtins.bool
-    """False when the report's sequence was not newer than the last accepted one."""
+    REJECTION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def accepted(self) -> Global___ReportReceipt:
+        """The report was accepted: it is shown and is now the latest of its journal."""
+
+    @_builtins.property
+    def rejection(self) -> _allocation_pb2.Rejection:
+        """The report was refused and not shown: REJECTION_REASON_STALE_REPORT when a report of the
+        same journal with this or a newer sequence was accepted before, or
+        REJECTION_REASON_INVALID_ARGUMENT for a malformed report (no journal_id, parts missing).
+        """
+
     def __init__(
         self,
         *,
-        accepted: _builtins.bool = ...,
+        accepted: Global___ReportReceipt | None = ...,
+        rejection: _allocation_pb2.Rejection | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "outcome", b"outcome", "rejection", b"rejection"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "outcome", b"outcome", "rejection", b"rejection"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType_outcome: _TypeAlias = _typing.Literal["accepted", "rejection"]  # noqa: Y015
+    _WhichOneofArgType_outcome: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_outcome) -> _WhichOneofReturnType_outcome | None: ...
 
 Global___ReportPositionsResponse: _TypeAlias = ReportPositionsResponse  # noqa: Y015
 
 @_typing.final
 class GetLatestReportRequest(_message.Message):
-    """Request of GetLatestReport."""
+    """Request of GetLatestReport (AIP-158 pagination)."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """Accounts per page: 0 means the default (500), larger values are lowered to the maximum
+    (5000); negative values are refused. A page may hold fewer accounts than asked so that it
+    stays under 3 MiB.
+    """
+    page_token: _builtins.str
+    """`next_page_token` of the previous page; empty for the first page. Paging continues through
+    the same report while it is still the latest of its journal.
+    """
     def __init__(
         self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -87,18 +148,26 @@ class GetLatestReportResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     REPORT_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    TOTAL_SIZE_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty on the last page."""
+    total_size: _builtins.int
+    """Number of accounts over all pages."""
     @_builtins.property
     def report(self) -> _allocation_pb2.PositionReport:
-        """The last accepted report."""
+        """The latest report: every field, with this page's accounts."""
 
     def __init__(
         self,
         *,
         report: _allocation_pb2.PositionReport | None = ...,
+        next_page_token: _builtins.str = ...,
+        total_size: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["report", b"report"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["report", b"report"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "report", b"report", "total_size", b"total_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -27,6 +27,9 @@ if _version_not_supported:
 
 class PositionServiceStub:
     """Receives the controller's periodic position reports and shows them to operators.
+
+    Every unary error carries google.rpc.ErrorInfo (reason: a RejectionReason name, domain:
+    "allocation.v1.PositionService").
     """
 
     def __init__(self, channel):
@@ -35,7 +38,7 @@ class PositionServiceStub:
         Args:
             channel: A grpc.Channel.
         """
-        self.ReportPositions = channel.unary_unary(
+        self.ReportPositions = channel.stream_unary(
                 '/allocation.v1.PositionService/ReportPositions',
                 request_serializer=allocation_dot_v1_dot_position__service__pb2.ReportPositionsRequest.SerializeToString,
                 response_deserializer=allocation_dot_v1_dot_position__service__pb2.ReportPositionsResponse.FromString,
@@ -49,18 +52,25 @@ class PositionServiceStub:
 
 class PositionServiceServicer:
     """Receives the controller's periodic position reports and shows them to operators.
+
+    Every unary error carries google.rpc.ErrorInfo (reason: a RejectionReason name, domain:
+    "allocation.v1.PositionService").
     """
 
-    def ReportPositions(self, request, context):
-        """Accepts a report if its sequence is newer than the last accepted one, prints it and keeps it
-        as the latest. Older or repeated reports are answered accepted = false and ignored.
+    def ReportPositions(self, request_iterator, context):
+        """Delivers one report as a stream of parts, so that a report of any size travels in messages
+        under the default 4 MiB limit. The parts, merged in order (protobuf merge: repeated fields
+        concatenate), are the whole report. It is accepted, shown and kept when it is complete and
+        its sequence is newer than the last report accepted from the same journal_id; otherwise
+        the response says why it was refused.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetLatestReport(self, request, context):
-        """The last accepted report. Error: NOT_FOUND before the first report.
+        """The report accepted most recently (from any journal), one page of accounts at a time
+        (AIP-158). Error: NOT_FOUND before the first report.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -69,7 +79,7 @@ class PositionServiceServicer:
 
 def add_PositionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
-            'ReportPositions': grpc.unary_unary_rpc_method_handler(
+            'ReportPositions': grpc.stream_unary_rpc_method_handler(
                     servicer.ReportPositions,
                     request_deserializer=allocation_dot_v1_dot_position__service__pb2.ReportPositionsRequest.FromString,
                     response_serializer=allocation_dot_v1_dot_position__service__pb2.ReportPositionsResponse.SerializeToString,
@@ -89,10 +99,13 @@ def add_PositionServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class PositionService:
     """Receives the controller's periodic position reports and shows them to operators.
+
+    Every unary error carries google.rpc.ErrorInfo (reason: a RejectionReason name, domain:
+    "allocation.v1.PositionService").
     """
 
     @staticmethod
-    def ReportPositions(request,
+    def ReportPositions(request_iterator,
             target,
             options=(),
             channel_credentials=None,
@@ -102,8 +115,8 @@ class PositionService:
             wait_for_ready=None,
             timeout=None,
             metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
+        return grpc.experimental.stream_unary(
+            request_iterator,
             target,
             '/allocation.v1.PositionService/ReportPositions',
             allocation_dot_v1_dot_position__service__pb2.ReportPositionsRequest.SerializeToString,

@@ -27,42 +27,67 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class PositionServiceStub:
-    """Receives the controller's periodic position reports and shows them to operators."""
+    """Receives the controller's periodic position reports and shows them to operators.
+
+    Every unary error carries google.rpc.ErrorInfo (reason: a RejectionReason name, domain:
+    "allocation.v1.PositionService").
+    """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> PositionServiceAsyncStub: ...
-    ReportPositions: _grpc.UnaryUnaryMultiCallable[_position_service_pb2.ReportPositionsRequest, _position_service_pb2.ReportPositionsResponse]
-    """Accepts a report if its sequence is newer than the last accepted one, prints it and keeps it
-    as the latest. Older or repeated reports are answered accepted = false and ignored.
+    ReportPositions: _grpc.StreamUnaryMultiCallable[_position_service_pb2.ReportPositionsRequest, _position_service_pb2.ReportPositionsResponse]
+    """Delivers one report as a stream of parts, so that a report of any size travels in messages
+    under the default 4 MiB limit. The parts, merged in order (protobuf merge: repeated fields
+    concatenate), are the whole report. It is accepted, shown and kept when it is complete and
+    its sequence is newer than the last report accepted from the same journal_id; otherwise
+    the response says why it was refused.
     """
     GetLatestReport: _grpc.UnaryUnaryMultiCallable[_position_service_pb2.GetLatestReportRequest, _position_service_pb2.GetLatestReportResponse]
-    """The last accepted report. Error: NOT_FOUND before the first report."""
+    """The report accepted most recently (from any journal), one page of accounts at a time
+    (AIP-158). Error: NOT_FOUND before the first report.
+    """
 
 @_typing.type_check_only
 class PositionServiceAsyncStub(PositionServiceStub):
-    """Receives the controller's periodic position reports and shows them to operators."""
+    """Receives the controller's periodic position reports and shows them to operators.
+
+    Every unary error carries google.rpc.ErrorInfo (reason: a RejectionReason name, domain:
+    "allocation.v1.PositionService").
+    """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
-    ReportPositions: _aio.UnaryUnaryMultiCallable[_position_service_pb2.ReportPositionsRequest, _position_service_pb2.ReportPositionsResponse]  # type: ignore[assignment]
-    """Accepts a report if its sequence is newer than the last accepted one, prints it and keeps it
-    as the latest. Older or repeated reports are answered accepted = false and ignored.
+    ReportPositions: _aio.StreamUnaryMultiCallable[_position_service_pb2.ReportPositionsRequest, _position_service_pb2.ReportPositionsResponse]  # type: ignore[assignment]
+    """Delivers one report as a stream of parts, so that a report of any size travels in messages
+    under the default 4 MiB limit. The parts, merged in order (protobuf merge: repeated fields
+    concatenate), are the whole report. It is accepted, shown and kept when it is complete and
+    its sequence is newer than the last report accepted from the same journal_id; otherwise
+    the response says why it was refused.
     """
     GetLatestReport: _aio.UnaryUnaryMultiCallable[_position_service_pb2.GetLatestReportRequest, _position_service_pb2.GetLatestReportResponse]  # type: ignore[assignment]
-    """The last accepted report. Error: NOT_FOUND before the first report."""
+    """The report accepted most recently (from any journal), one page of accounts at a time
+    (AIP-158). Error: NOT_FOUND before the first report.
+    """
 
 class PositionServiceServicer(metaclass=_abc_1.ABCMeta):
-    """Receives the controller's periodic position reports and shows them to operators."""
+    """Receives the controller's periodic position reports and shows them to operators.
+
+    Every unary error carries google.rpc.ErrorInfo (reason: a RejectionReason name, domain:
+    "allocation.v1.PositionService").
+    """
 
     @_abc_1.abstractmethod
     def ReportPositions(
         self,
-        request: _position_service_pb2.ReportPositionsRequest,
+        request_iterator: _MaybeAsyncIterator[_position_service_pb2.ReportPositionsRequest],
         context: _ServicerContext,
     ) -> _typing.Union[_position_service_pb2.ReportPositionsResponse, _abc.Awaitable[_position_service_pb2.ReportPositionsResponse]]:
-        """Accepts a report if its sequence is newer than the last accepted one, prints it and keeps it
-        as the latest. Older or repeated reports are answered accepted = false and ignored.
+        """Delivers one report as a stream of parts, so that a report of any size travels in messages
+        under the default 4 MiB limit. The parts, merged in order (protobuf merge: repeated fields
+        concatenate), are the whole report. It is accepted, shown and kept when it is complete and
+        its sequence is newer than the last report accepted from the same journal_id; otherwise
+        the response says why it was refused.
         """
 
     @_abc_1.abstractmethod
@@ -71,6 +96,8 @@ class PositionServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _position_service_pb2.GetLatestReportRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_position_service_pb2.GetLatestReportResponse, _abc.Awaitable[_position_service_pb2.GetLatestReportResponse]]:
-        """The last accepted report. Error: NOT_FOUND before the first report."""
+        """The report accepted most recently (from any journal), one page of accounts at a time
+        (AIP-158). Error: NOT_FOUND before the first report.
+        """
 
 def add_PositionServiceServicer_to_server(servicer: PositionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
