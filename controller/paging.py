@@ -8,14 +8,21 @@ from __future__ import annotations
 
 import base64
 import binascii
+import secrets
+import threading
+import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 from google.protobuf.message import Message
 
 from controller.domain import Rejected, RejectReason
 
+# What page tokens point at: the most recent listings, each for a while.
+LISTING_CAPACITY = 4
+LISTING_SECONDS = 300.0
 DEFAULT_PAGE_SIZE = 500
 MAX_PAGE_SIZE = 5_000
 MAX_PAGE_BYTES = 3 * 1024 * 1024
@@ -75,3 +82,54 @@ def fill_page(
             del target[-1]
             break
     return len(target)
+
+
+class ListingCache(Generic[T]):
+    """The items page tokens point at (a snapshot, a report): every page of one listing reads
+    the same item. At most ``capacity`` are kept, each for ``lifetime`` seconds; thread-safe."""
+
+    def __init__(self, capacity: int = LISTING_CAPACITY, lifetime: float = LISTING_SECONDS) -> None:
+        """An empty cache."""
+        self._capacity = capacity
+        self._lifetime = lifetime
+        self._lock = threading.Lock()
+        self._items: OrderedDict[str, tuple[T, float]] = OrderedDict()
+
+    def add(self, item: T) -> str:
+        """Keep ``item`` for a new listing; returns the key its page tokens carry."""
+        key = secrets.token_hex(8)
+        with self._lock:
+            self._items[key] = (item, time.monotonic() + self._lifetime)
+            while len(self._items) > self._capacity:
+                self._items.popitem(last=False)
+        return key
+
+    def get(self, key: str) -> T | None:
+        """The item of a listing, unless it expired or was pushed out by newer listings."""
+        with self._lock:
+            self._expire()
+            found = self._items.get(key)
+        return found[0] if found else None
+
+    def newest(self) -> tuple[str, T] | None:
+        """The most recently added listing still kept, with its key."""
+        with self._lock:
+            self._expire()
+            if not self._items:
+                return None
+            key, (item, _) = next(reversed(self._items.items()))
+        return key, item
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for key in [k for k, (_, expires) in self._items.items() if expires <= now]:
+            del self._items[key]
+
+
+def listing_expired(field: str = "page_token") -> Rejected:
+    """The refusal of a page token whose listing is gone (or was never issued)."""
+    return Rejected(
+        RejectReason.INVALID_ARGUMENT,
+        field,
+        f"{field} has expired or does not belong to a current listing; start again without it",
+    )

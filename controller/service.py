@@ -21,17 +21,15 @@ from allocation.v1 import allocation_pb2, controller_service_pb2, controller_ser
 from controller.book import ReceiverBound
 from controller.domain import Fill, Rejected, RejectReason
 from controller.errors import abort, refusals_abort, rejection_message
+from controller.limits import MAX_FILLS_PER_MESSAGE, MAX_RESPONSE_BYTES
 from controller.listings import Listings
 from controller.metrics import FILLS, SPLITS
-from controller.paging import decode_token, encode_token, fill_page, page_size
+from controller.paging import decode_token, encode_token, fill_page, listing_expired, page_size
 from controller.sequencer import FillOutcome, Sequencer, SequencerStopped, SplitOutcome
 from controller.validation import FILL_ID_MAX, parse_fill, parse_split, require_fill_id
 from controller.wire import fill_result_bound, report_header, write_account, write_allocation
 
 DOMAIN = controller_service_pb2.DESCRIPTOR.services_by_name["ControllerService"].full_name
-MAX_FILLS_PER_MESSAGE = 10_000
-# What a default gRPC client accepts (4 MiB), less room for the response's own framing.
-MAX_RESPONSE_BYTES = 4 * 1024 * 1024 - 64 * 1024
 # Messages of one stream validated and queued ahead of the one being answered.
 STREAM_PIPELINE_DEPTH = 8
 
@@ -268,18 +266,14 @@ class ControllerService(controller_service_pb2_grpc.ControllerServiceServicer):
             size = page_size(request.page_size)
             if request.page_token:
                 key, start = decode_token(request.page_token)
-                listing = self._listings.find(key)
-                if listing is None or start > listing.snapshot.account_count:
-                    raise Rejected(
-                        RejectReason.INVALID_ARGUMENT,
-                        "page_token",
-                        "page_token has expired or does not belong to this listing;"
-                        " start again without a page_token",
-                    )
+                found = self._listings.find(key)
+                if found is None or start > found.snapshot.account_count:
+                    raise listing_expired()
+                listing = found
             else:
                 start = 0
                 with _writer_running(context):
-                    listing = self._listings.start(self._sequencer.counters)
+                    key, listing = self._listings.start(self._sequencer.counters)
         snapshot = listing.snapshot
         total = snapshot.account_count
         response = controller_service_pb2.GetPositionsResponse(total_size=total)
@@ -294,7 +288,7 @@ class ControllerService(controller_service_pb2_grpc.ControllerServiceServicer):
         rows = snapshot.accounts_between(start, start + size)
         shown = fill_page(response.report.accounts, rows, write_account)
         if start + shown < total:
-            response.next_page_token = encode_token(listing.key, start + shown)
+            response.next_page_token = encode_token(key, start + shown)
         return response
 
     def GetFillAllocation(

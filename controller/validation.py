@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from allocation.v1 import allocation_pb2
 from controller.domain import Fill, Rejected, RejectReason, Side, Split
+from controller.limits import MAX_RESPONSE_BYTES
 from controller.money import MICRO, InvalidDecimal, parse_micro
 
 FILL_ID_MAX = 128
@@ -120,6 +121,17 @@ def parse_split(message: allocation_pb2.AumSplit, field: str = "split") -> Split
         if percent > HUNDRED_PERCENT:
             raise _invalid(where, f"{where} {text!r} must be between 0 and 100")
         percents[account] = percent
+    # One fill can be allocated to every account of the split: that allocation must fit in a
+    # response (each entry is the name plus at most 10 bytes of framing and quantity).
+    allocation_bytes = sum(len(account) + 10 for account in percents) + 1024
+    if allocation_bytes > MAX_RESPONSE_BYTES:
+        raise Rejected(
+            RejectReason.TOO_LARGE,
+            f"{field}.percentages",
+            f"{field}.percentages has {len(percents):,} accounts: an allocation to all of them"
+            f" could take {allocation_bytes:,} bytes, over the {MAX_RESPONSE_BYTES:,}-byte"
+            " response limit; use shorter account names or fewer accounts",
+        )
     total = sum(percents.values())
     if abs(total - HUNDRED_PERCENT) > PERCENT_TOLERANCE:
         raise _invalid(

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +24,14 @@ from rich.console import Console
 from allocation.v1 import allocation_pb2, position_service_pb2, position_service_pb2_grpc
 from controller.domain import Rejected, RejectReason
 from controller.errors import refusals_abort, rejection_message
-from controller.paging import decode_token, encode_token, fill_page, page_size
+from controller.paging import (
+    ListingCache,
+    decode_token,
+    encode_token,
+    fill_page,
+    listing_expired,
+    page_size,
+)
 from position.render import RenderOptions, check_report, render_report
 
 log = logging.getLogger(__name__)
@@ -32,16 +39,13 @@ log = logging.getLogger(__name__)
 DOMAIN = position_service_pb2.DESCRIPTOR.services_by_name["PositionService"].full_name
 # Journals whose newest sequence is remembered (the oldest-seen are forgotten beyond this).
 MAX_JOURNALS = 1_000
-# Accepted reports kept for GetLatestReport paging: the latest and the one before it, so a
-# listing begun on one report can finish after the next arrives.
-KEPT_REPORTS = 2
 
 
 @dataclass(frozen=True, slots=True)
 class KeptReport:
-    """An accepted report, and its header (every field but the accounts) for pages."""
+    """An accepted report, and its header (every field but the accounts) for pages. Never
+    changed once accepted, so listings share it."""
 
-    key: str
     header: allocation_pb2.PositionReport
     report: allocation_pb2.PositionReport
 
@@ -73,7 +77,7 @@ def assemble(parts: Iterator[position_service_pb2.ReportPositionsRequest]) -> Ke
     if not report.journal_id:
         raise _invalid("report.journal_id", "report.journal_id is empty; reports must name it")
     check_report(report)
-    return KeptReport(f"{report.journal_id}/{report.sequence}", header, report)
+    return KeptReport(header, report)
 
 
 class PositionService(position_service_pb2_grpc.PositionServiceServicer):
@@ -87,7 +91,10 @@ class PositionService(position_service_pb2_grpc.PositionServiceServicer):
         self._jsonl = jsonl
         self._lock = threading.Lock()
         self._newest: OrderedDict[str, int] = OrderedDict()
-        self._kept: deque[KeptReport] = deque(maxlen=KEPT_REPORTS)
+        self._latest: KeptReport | None = None
+        # Reports being paged through by GetLatestReport, so a listing can finish after newer
+        # reports arrive.
+        self._listings: ListingCache[KeptReport] = ListingCache()
         if jsonl is not None:
             jsonl.parent.mkdir(parents=True, exist_ok=True)
 
@@ -148,7 +155,7 @@ class PositionService(position_service_pb2_grpc.PositionServiceServicer):
             self._newest.move_to_end(report.journal_id)
             while len(self._newest) > MAX_JOURNALS:
                 self._newest.popitem(last=False)
-            self._kept.append(kept)
+            self._latest = kept
             self._console.print(render_report(report, self._options))
             if self._jsonl is not None:
                 line = json_format.MessageToJson(report, indent=None, sort_keys=True)
@@ -161,22 +168,24 @@ class PositionService(position_service_pb2_grpc.PositionServiceServicer):
         """One page of the report accepted most recently, or NOT_FOUND before the first."""
         with refusals_abort(context, DOMAIN):
             size = page_size(request.page_size)
-            with self._lock:
-                kept = list(self._kept)
-            if not kept:
-                raise Rejected(RejectReason.NOT_FOUND, "", "no report has been accepted yet")
-            start = 0
-            current = kept[-1]
             if request.page_token:
                 key, start = decode_token(request.page_token)
-                listed = next((k for k in kept if k.key == key), None)
-                if listed is None or start > len(listed.report.accounts):
-                    raise _invalid(
-                        "page_token",
-                        "page_token belongs to a report that is no longer kept;"
-                        " start again without a page_token",
-                    )
-                current = listed
+                found = self._listings.get(key)
+                if found is None or start > len(found.report.accounts):
+                    raise listing_expired()
+                current = found
+            else:
+                with self._lock:
+                    latest = self._latest
+                if latest is None:
+                    raise Rejected(RejectReason.NOT_FOUND, "", "no report has been accepted yet")
+                newest = self._listings.newest()
+                start = 0
+                key, current = (
+                    newest
+                    if newest is not None and newest[1] is latest
+                    else (self._listings.add(latest), latest)
+                )
         accounts = current.report.accounts
         response = position_service_pb2.GetLatestReportResponse(total_size=len(accounts))
         response.report.CopyFrom(current.header)
@@ -186,5 +195,5 @@ class PositionService(position_service_pb2_grpc.PositionServiceServicer):
             lambda target, account: target.CopyFrom(account),
         )
         if start + shown < len(accounts):
-            response.next_page_token = encode_token(current.key, start + shown)
+            response.next_page_token = encode_token(key, start + shown)
         return response
