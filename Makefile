@@ -6,6 +6,8 @@ BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 STAMP  := $(VENV)/.installed
 PROTOS := $(wildcard protos/allocation/v1/*.proto)
+# The released contract: `buf breaking` checks every change against it, so v1 only grows.
+RELEASED := released/allocation-v1.json
 
 # Overridable demo settings for `make run` (see README).
 export REPORT_INTERVAL ?= 10
@@ -13,8 +15,10 @@ export SPLIT_INTERVAL  ?= 30
 export FILL_RATE       ?= 1
 export ACCOUNTS        ?= 5
 export FILL_SERVERS    ?= 1
+export CONTROLLER_PORT ?= 9998
+export POSITION_PORT   ?= 9999
 
-.PHONY: all venv protos check-protos lint test run bench clean
+.PHONY: all venv protos check-protos lint test run bench clean release-contract
 
 all: test
 
@@ -45,6 +49,7 @@ check-protos: protos
 
 lint: $(STAMP)
 	cd protos && ../$(BIN)/buf lint && ../$(BIN)/buf format --diff --exit-code
+	cd protos && ../$(BIN)/buf breaking --against $(RELEASED)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
@@ -54,6 +59,10 @@ test: check-protos lint
 
 run: $(STAMP)
 	$(BIN)/honcho -f Procfile start
+
+# Only when a new contract version is released on purpose: the image `make lint` checks against.
+release-contract: $(STAMP)
+	cd protos && ../$(BIN)/buf build --exclude-source-info -o $(RELEASED)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks

@@ -10,7 +10,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks import engine, system
+from benchmarks import engine, large, system
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -54,10 +54,68 @@ def run_engine(console: Console, quick: bool) -> dict[str, object]:
     }
 
 
+def run_large(console: Console, quick: bool) -> dict[str, object]:
+    """A 100,000-account book (20,000 with --quick): pauses beside a no-report baseline."""
+    result = large.run(20_000 if quick else 100_000, 6.0 if quick else 20.0)
+    table = Table(
+        title=(
+            f"Large book: {result.accounts:,} accounts, SubmitFill one after another for"
+            f" {result.seconds:.0f} s, reports every {large.REPORT_SECONDS:.0f} s (baseline:"
+            " a controller that never reports, same run)"
+        )
+    )
+    for column in ("measure", "with reports", "without reports", "ratio", "target"):
+        table.add_column(column, justify="right")
+
+    def row(name: str, with_reports: float, without: float, target: str = "") -> None:
+        ratio = f"{with_reports / without:.2f}" if without else ""
+        table.add_row(name, f"{with_reports:.1f} ms", f"{without:.1f} ms", ratio, target)
+
+    row(
+        f"longest pause, median of {large.WINDOWS} windows",
+        result.window_max_ms_with_reports,
+        result.window_max_ms_without_reports,
+        "< 50 ms",
+    )
+    row(
+        "longest pause, whole run",
+        result.max_pause_ms_with_reports,
+        result.max_pause_ms_without_reports,
+    )
+    row("p99 acknowledgement", result.p99_ms_with_reports, result.p99_ms_without_reports)
+    table.add_row("p50 acknowledgement", f"{result.p50_ms_with_reports:.1f} ms", "", "", "")
+    table.add_row(
+        "reports arrived (position service)",
+        f"{result.reports_arrived} of {result.report_accounts:,} accounts",
+        "",
+        "",
+        "",
+    )
+    table.add_row(
+        "grpcurl pages through GetPositions (default limits)",
+        f"{result.grpcurl_pages} pages, {result.grpcurl_accounts:,} accounts,"
+        f" {result.grpcurl_seconds:.1f} s",
+        "",
+        "",
+        "",
+    )
+    table.add_row(
+        "memory: controller / position service RSS",
+        f"{result.controller_rss_mb:.0f} / {result.position_rss_mb:.0f} MiB",
+        "",
+        "",
+        "",
+    )
+    console.print(table)
+    return asdict(result)
+
+
 def main() -> None:
     """Run the selected benchmarks, print tables, write benchmarks/results/<name>.json."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
-    parser.add_argument("which", nargs="?", default="all", choices=["engine", "system", "all"])
+    parser.add_argument(
+        "which", nargs="?", default="all", choices=["engine", "system", "large", "all"]
+    )
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (smoke run)")
     args = parser.parse_args()
     console = Console(width=max(Console().width, 150))
@@ -68,6 +126,9 @@ def main() -> None:
     if args.which in ("system", "all"):
         result = system.run(console, args.quick)
         (RESULTS / "system.json").write_text(json.dumps(result, indent=2) + "\n")
+    if args.which in ("large", "all"):
+        result = run_large(console, args.quick)
+        (RESULTS / "large.json").write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -67,12 +67,13 @@ class Server:
         self.process.wait(60)
 
 
-def start(module: str, *args: str) -> Server:
-    """Start ``python -m module`` on a free port and wait until its health check says SERVING."""
+def start(module: str, *args: str, nice: int = 0) -> Server:
+    """Start ``python -m module`` on a free port and wait until its health check says SERVING;
+    ``nice`` lowers its scheduling priority."""
     port = free_port()
     started = time.perf_counter()
     process = subprocess.Popen(
-        [sys.executable, "-m", module, f"--port={port}", *args],
+        ["nice", "-n", str(nice), sys.executable, "-m", module, f"--port={port}", *args],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

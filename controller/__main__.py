@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import threading
 import time
@@ -104,6 +105,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         Book(args.tickers), journal, args.checkpoint_interval, on_failure=writer_failed.set
     )
     counters = sequencer.counters
+    # The recovered book lives as long as the process: keep the collector from walking it on
+    # every full collection (a pause of ~100 ms per pass at 100,000 accounts).
+    gc.freeze()
     log.info(
         "recovered journal",
         extra={

@@ -89,7 +89,7 @@ class Book:
         self._account_hash = np.zeros(0, dtype=np.uint64)
         self._quantity = {t: np.zeros(0, dtype=np.int64) for t in self._tickers}
         self._ticker_value = {t: np.zeros(0, dtype=np.int64) for t in self._tickers}
-        # (account, ticker) pairs changed since the last take_changed_positions().
+        # (account, ticker) pairs changed since the last take_changed().
         self._changed = {t: np.zeros(0, dtype=bool) for t in self._tickers}
         self._ticker_total = dict.fromkeys(self._tickers, 0)
         self._last_price: dict[str, int] = {}
@@ -333,24 +333,30 @@ class Book:
             quantities=tuple(quantities.tolist()),
         )
 
-    def take_changed_positions(self) -> list[PositionRow]:
-        """Positions changed since the last call (absolute values), for a journal checkpoint."""
-        rows: list[PositionRow] = []
+    def take_changed(self) -> list[tuple[str, list[str]]]:
+        """The (ticker, accounts) pairs changed since the last call, and forget them: what a
+        checkpoint must write (vectorised, so cheap whatever the book's size)."""
+        changed = []
         for ticker in self._tickers:
-            changed = np.flatnonzero(self._changed[ticker])
-            if not len(changed):
-                continue
-            rows.extend(
-                PositionRow(name, ticker, quantity, value)
-                for name, quantity, value in zip(
-                    self._name_array[changed].tolist(),
-                    self._quantity[ticker][changed].tolist(),
-                    self._ticker_value[ticker][changed].tolist(),
-                    strict=True,
-                )
+            flags = self._changed[ticker]
+            indices = np.flatnonzero(flags)
+            if len(indices):
+                flags[indices] = False
+                changed.append((ticker, self._name_array[indices].tolist()))
+        return changed
+
+    def positions_of(self, ticker: str, accounts: Iterable[str]) -> list[PositionRow]:
+        """The current positions of ``accounts`` (known to the book) in ``ticker``."""
+        indices = np.array([self._index[name] for name in accounts], dtype=np.intp)
+        return [
+            PositionRow(name, ticker, quantity, value)
+            for name, quantity, value in zip(
+                self._name_array[indices].tolist(),
+                self._quantity[ticker][indices].tolist(),
+                self._ticker_value[ticker][indices].tolist(),
+                strict=True,
             )
-            self._changed[ticker][changed] = False
-        return rows
+        ]
 
     def restore(
         self,

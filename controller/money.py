@@ -34,11 +34,15 @@ def parse_micro(text: str) -> int:
 
 def format_micro(amount: int) -> str:
     """Format micro-units as the shortest exact decimal string ("101.25", "-3", "0.000001")."""
-    sign = "-" if amount < 0 else ""
-    whole, fraction = divmod(abs(amount), MICRO)
-    if fraction == 0:
-        return f"{sign}{whole}"
-    return f"{sign}{whole}.{fraction:06d}".rstrip("0")
+    if amount < 0:
+        return "-" + format_micro(-amount)
+    # String slicing rather than divmod: reports format millions of amounts.
+    digits = str(amount)
+    if len(digits) <= DECIMAL_PLACES:
+        fraction = digits.rjust(DECIMAL_PLACES, "0").rstrip("0")
+        return "0." + fraction if fraction else "0"
+    whole, fraction = digits[:-DECIMAL_PLACES], digits[-DECIMAL_PLACES:].rstrip("0")
+    return whole + "." + fraction if fraction else whole
 
 
 def divide_half_even(numerator: int, denominator: int) -> int:

@@ -12,6 +12,7 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
@@ -29,6 +30,9 @@ T = TypeVar("T")
 
 # Requests applied per commit at most; bounds the latency one commit adds to the first request.
 MAX_GROUP = 256
+# Checkpoint rows written per commit at most: a checkpoint of a large book is spread over several
+# commits instead of stalling one (20,000 changed pairs took 200 ms in one commit).
+CHECKPOINT_ROWS_PER_COMMIT = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,14 +81,20 @@ class Sequencer:
         journal: Journal,
         checkpoint_interval: float = 1.0,
         on_failure: Callable[[], None] | None = None,
+        checkpoint_rows: int = CHECKPOINT_ROWS_PER_COMMIT,
     ) -> None:
-        """Recover the book from the journal; call ``start`` to begin serving. Positions are
-        checkpointed at most every ``checkpoint_interval`` seconds, and on ``stop``.
-        ``on_failure`` is called once if a journal write fails and the writer stops."""
+        """Recover the book from the journal; call ``start`` to begin serving. A checkpoint
+        round starts at most every ``checkpoint_interval`` seconds (and on ``stop``) and writes
+        the changed positions ``checkpoint_rows`` per commit. ``on_failure`` is called once if
+        a journal write fails and the writer stops."""
         self._book = book
         self._on_failure = on_failure
         self._checkpoint_interval = checkpoint_interval
+        self._checkpoint_rows = checkpoint_rows
         self._last_checkpoint = time.monotonic()
+        # Positions of the checkpoint round in progress still to write, by ticker; the round
+        # completes (and checkpoint_sequence becomes _round_sequence) when none are left.
+        self._unwritten: deque[tuple[str, list[str]]] = deque()
         self._journal = journal
         recovered = journal.recover()
         counters = recovered.counters
@@ -98,6 +108,7 @@ class Sequencer:
             recovered.pending,
         )
         self._counters = counters
+        self._round_sequence = counters.checkpoint_sequence
         self._next_sequence = counters.next_sequence
         self._recent: dict[str, StoredFill] = {}
         self._recent_splits: dict[str, StoredSplit] = {}
@@ -211,17 +222,7 @@ class Sequencer:
                 fill_count=self._book.fill_count,
                 gross=self._book.gross,
             )
-            now = time.monotonic()
-            if (
-                any(request.checkpoint for request in group)
-                or now - self._last_checkpoint >= self._checkpoint_interval
-            ):
-                batch.checkpoint = self._book.take_changed_positions()
-                batch.checkpoint_prices = self._book.last_prices
-                self._counters = replace(
-                    self._counters, checkpoint_sequence=self._counters.next_sequence - 1
-                )
-                self._last_checkpoint = now
+            self._checkpoint_some(batch, any(request.checkpoint for request in group))
             started = time.perf_counter()
             try:
                 self._journal.write(batch, self._counters)
@@ -244,6 +245,37 @@ class Sequencer:
                 request.future.set_result(result)
             else:
                 request.future.set_exception(rejection)
+
+    def _checkpoint_some(self, batch: JournalBatch, final: bool) -> None:
+        """Add to ``batch`` the next checkpoint rows (all of them if ``final``), starting a new
+        round when the last is done and the interval has passed."""
+        now = time.monotonic()
+        last = self._next_sequence - 1
+        if final or (
+            not self._unwritten and now - self._last_checkpoint >= self._checkpoint_interval
+        ):
+            # Rows hold current values whenever written; the round covers what changed up to now.
+            self._unwritten.extend(self._book.take_changed())
+            self._round_sequence = last
+            self._last_checkpoint = now
+        budget = None if final else self._checkpoint_rows
+        while self._unwritten and (budget is None or budget > 0):
+            ticker, accounts = self._unwritten.popleft()
+            if budget is not None and len(accounts) > budget:
+                self._unwritten.appendleft((ticker, accounts[budget:]))
+                accounts = accounts[:budget]
+            batch.checkpoint.extend(self._book.positions_of(ticker, accounts))
+            if budget is not None:
+                budget -= len(accounts)
+        batch.checkpoint_as_of = last
+        advanced = (
+            not self._unwritten and self._counters.checkpoint_sequence != self._round_sequence
+        )
+        if advanced:
+            self._counters = replace(self._counters, checkpoint_sequence=self._round_sequence)
+        if batch.checkpoint or advanced:
+            # Last prices as of this commit: never older than the checkpoint's low-water mark.
+            batch.checkpoint_prices = self._book.last_prices
 
     def _take_sequence(self) -> int:
         sequence = self._next_sequence

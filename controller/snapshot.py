@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from multiprocessing.shared_memory import SharedMemory
 
 import numpy as np
 import numpy.typing as npt
@@ -151,6 +152,36 @@ class BookSnapshot:
             for ticker in sorted(self._last_prices)
         )
 
+    @property
+    def shared_bytes(self) -> int:
+        """The shared memory ``share`` needs."""
+        return (2 + 2 * len(self._quantities)) * len(self._names) * 8
+
+    def share(self, memory: SharedMemory) -> SharedSnapshot:
+        """Copy the arrays into ``memory`` (at least ``shared_bytes`` long) for another process;
+        returns a small picklable handle. Pickling the arrays instead held the GIL for ~70 ms
+        at 100,000 accounts, stalling the writer; this copy takes a few milliseconds when the
+        memory is reused (its pages already mapped)."""
+        tickers = tuple(self._quantities)
+        rows = [self._weights, self._values]
+        rows += [self._quantities[t] for t in tickers] + [self._ticker_values[t] for t in tickers]
+        shared = np.ndarray((len(rows), len(self._names)), dtype=np.int64, buffer=memory.buf)
+        for row, array in zip(shared, rows, strict=True):
+            row[:] = array
+        del shared
+        return SharedSnapshot(
+            memory=memory.name,
+            tickers=tickers,
+            names=",".join(self._names),  # one string pickles in ~1 ms, 100,000 in ~50 ms
+            split_id=self.split_id,
+            fill_count=self.fill_count,
+            pending_count=self.pending_count,
+            total_value=self.total_value,
+            weight_total=self._weight_total,
+            ticker_totals=self._ticker_totals,
+            last_prices=self._last_prices,
+        )
+
     def _key(self) -> tuple[object, ...]:
         return (
             self.split_id,
@@ -174,4 +205,44 @@ class BookSnapshot:
         return (
             f"BookSnapshot(split_id={self.split_id!r}, fill_count={self.fill_count},"
             f" accounts={self.account_count})"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SharedSnapshot:
+    """A ``BookSnapshot`` whose arrays wait in shared memory (see ``BookSnapshot.share``)."""
+
+    memory: str
+    tickers: tuple[str, ...]
+    names: str
+    """Account names joined by commas (names never contain one)."""
+    split_id: str
+    fill_count: int
+    pending_count: int
+    total_value: int
+    weight_total: int
+    ticker_totals: dict[str, int]
+    last_prices: dict[str, int]
+
+    def load(self, memory: SharedMemory) -> BookSnapshot:
+        """The snapshot, its arrays copied out of ``memory`` (attached to ``self.memory``)."""
+        names = self.names.split(",") if self.names else []
+        rows = 2 + 2 * len(self.tickers)
+        shared = np.ndarray((rows, len(names)), dtype=np.int64, buffer=memory.buf)
+        arrays = [row.copy() for row in shared]
+        del shared
+        count = len(self.tickers)
+        return BookSnapshot(
+            split_id=self.split_id,
+            fill_count=self.fill_count,
+            pending_count=self.pending_count,
+            total_value=self.total_value,
+            weight_total=self.weight_total,
+            names=names,
+            weights=arrays[0],
+            values=arrays[1],
+            quantities=dict(zip(self.tickers, arrays[2 : 2 + count], strict=True)),
+            ticker_values=dict(zip(self.tickers, arrays[2 + count :], strict=True)),
+            ticker_totals=self.ticker_totals,
+            last_prices=self.last_prices,
         )

@@ -105,9 +105,10 @@ def basis_points(deviation: str, total: Decimal) -> str:
     """Deviation as basis points of the total value, ``-12.3``; blank when the total is 0."""
     if not total:
         return ""
-    return (
-        f"{(Decimal(deviation) * 10_000 / total).quantize(_BASIS_POINT_PLACES, ROUND_HALF_EVEN):,}"
-    )
+    points = Decimal(deviation) * 10_000 / total
+    rounded = points.quantize(_BASIS_POINT_PLACES, ROUND_HALF_EVEN)
+    # A deviation that rounds to nothing shows as 0.0, not -0.0.
+    return f"{rounded.copy_abs() if rounded.is_zero() else rounded:,}"
 
 
 def select_accounts(

@@ -25,7 +25,8 @@ def random_split(rng: random.Random, accounts: int, split_id: str) -> allocation
     scale = 10**places
     total_units = 100 * scale
     weights = [rng.randint(1, 100) for _ in range(accounts)]
-    units = [w * total_units // sum(weights) for w in weights]
+    weight_total = sum(weights)
+    units = [w * total_units // weight_total for w in weights]
     # Hand the rounding remainder out one unit each to the largest weights: still exact.
     for i in sorted(range(accounts), key=lambda i: -weights[i])[: total_units - sum(units)]:
         units[i] += 1

@@ -38,16 +38,25 @@ def apply(sequencer: Sequencer, sequence: list[Fill | Split]) -> None:
 
 
 @pytest.mark.parametrize(
-    ("interval", "clean_stop"),
-    [(0.0, False), (1e9, False), (1e9, True)],
-    ids=["checkpoint-every-commit", "replay-everything", "final-checkpoint-on-stop"],
+    ("interval", "rows", "clean_stop"),
+    [(0.0, 2_000, False), (0.0, 3, False), (1e9, 2_000, False), (1e9, 3, True)],
+    ids=[
+        "checkpoint-every-commit",
+        "checkpoints-spread-over-commits",
+        "replay-everything",
+        "final-checkpoint-on-stop",
+    ],
 )
 def test_recovered_book_equals_the_book_that_wrote_the_journal(
-    tmp_path: Path, interval: float, clean_stop: bool
+    tmp_path: Path, interval: float, rows: int, clean_stop: bool
 ) -> None:
+    """Without a clean stop the journal is what a crash leaves; with 3 rows per commit every
+    checkpoint round is still unfinished at most commits, rows newer than the low-water mark."""
     db = tmp_path / "journal.db"
     writer_journal = Journal(db, synchronous="NORMAL")
-    writer = Sequencer(Book(TICKERS), writer_journal, checkpoint_interval=interval)
+    writer = Sequencer(
+        Book(TICKERS), writer_journal, checkpoint_interval=interval, checkpoint_rows=rows
+    )
     writer.start()
     apply(writer, events())
     expected = writer.snapshot()[0]
@@ -97,3 +106,47 @@ def test_a_journal_of_another_schema_version_is_refused(tmp_path: Path) -> None:
         raw.execute("PRAGMA user_version=99")
     with pytest.raises(JournalVersionError, match="version 99"):
         Journal(db)
+
+
+def test_a_version_1_journal_is_upgraded_and_recovers_the_same_book(tmp_path: Path) -> None:
+    db = tmp_path / "journal.db"
+    writer = Sequencer(Book(TICKERS), Journal(db, synchronous="NORMAL"), checkpoint_interval=0.0)
+    writer.start()
+    apply(writer, events())
+    expected = writer.snapshot()[0]
+    writer.stop()
+    # What version 1 wrote: no journal identity, positions all as of checkpoint_sequence.
+    with sqlite3.connect(db) as raw:
+        raw.executescript(
+            "ALTER TABLE positions DROP COLUMN as_of; DROP TABLE meta; PRAGMA user_version=1;"
+        )
+    upgraded = Journal(db, synchronous="NORMAL")
+    assert upgraded.journal_id
+    reader = Sequencer(Book(TICKERS), upgraded)
+    reader.start()
+    assert reader.snapshot()[0] == expected
+    reader.stop()
+    assert Journal(db).journal_id == upgraded.journal_id
+
+
+@pytest.mark.parametrize("rows", [1, 3, 2_000])
+def test_recovery_is_exact_at_every_crash_point_while_checkpoints_are_spread(
+    tmp_path: Path, rows: int
+) -> None:
+    """After every event, a journal read as a crash would leave it recovers the writer's book,
+    whatever part of a checkpoint round was written (rows newer than the low-water mark)."""
+    db = tmp_path / "journal.db"
+    writer = Sequencer(
+        Book(TICKERS),
+        Journal(db, synchronous="NORMAL"),
+        checkpoint_interval=0.0,
+        checkpoint_rows=rows,
+    )
+    writer.start()
+    for event in events():
+        apply(writer, [event])
+        reader = Sequencer(Book(TICKERS), Journal(db, synchronous="NORMAL"))
+        reader.start()
+        assert reader.snapshot()[0] == writer.snapshot()[0]
+        reader.stop()
+    writer.stop()
