@@ -14,14 +14,25 @@ from prometheus_client import start_http_server
 
 from allocation.v1 import controller_service_pb2, controller_service_pb2_grpc
 from controller.book import Book
-from controller.journal import Journal, JournalVersionError
+from controller.journal import (
+    Journal,
+    JournalDamaged,
+    JournalLocked,
+    JournalVersionError,
+    journal_path,
+)
 from controller.reporter import Reporter
 from controller.sequencer import Sequencer
-from controller.service import ControllerService
+from controller.service import DEFAULT_MAX_STREAMS, ControllerService
 from controller.serving import (
-    DEFAULT_WORKERS,
+    LOG_LEVELS,
+    UNARY_WORKERS,
     configure_logging,
     create_server,
+    non_negative_seconds,
+    port_number,
+    positive_int,
+    positive_seconds,
     set_serving,
     wait_for_signal,
 )
@@ -32,6 +43,15 @@ log = logging.getLogger("controller")
 SERVICE_NAME = controller_service_pb2.DESCRIPTOR.services_by_name["ControllerService"].full_name
 
 
+# Exit statuses (README: "Exit statuses"), so a supervisor can tell what to do.
+EXIT_STOPPED = 0  # stopped on SIGTERM/SIGINT after draining: nothing to do
+EXIT_JOURNAL_FAILED = 1  # the journal failed while running: restart, recovery takes over
+EXIT_CANNOT_START = 2  # bad options, a journal of another version, or held by another controller
+EXIT_JOURNAL_DAMAGED = 3  # the journal is damaged or not a journal: restore it, do not restart
+# Seconds in-flight calls get to finish when the journal has failed (nothing more commits).
+FAILURE_GRACE_SECONDS = 1.0
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command-line options; every one has a default that runs the demo."""
     parser = argparse.ArgumentParser(
@@ -39,29 +59,47 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         description=(
             "Allocate block-order fills to accounts in whole shares, following the AUM split. "
             "Every accepted fill is journaled (SQLite, WAL) before it is acknowledged; on start "
-            "the controller recovers from the journal and continues."
+            "the controller recovers from the journal and continues. Exit status: 0 stopped by "
+            "a signal, 1 journal failure while running (restart), 2 cannot start as configured "
+            "(options, journal version, journal held by another controller), 3 journal damaged."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    parser.add_argument("--port", type=int, default=9998, help="gRPC port (0 picks a free one)")
-    parser.add_argument("--db", type=Path, default=Path("var/controller.db"), help="journal file")
+    parser.add_argument(
+        "--port", type=port_number, default=9998, help="gRPC port (0 picks a free one)"
+    )
+    parser.add_argument(
+        "--db",
+        type=journal_path,
+        default=Path("var/controller.db"),
+        help="journal: a file path or sqlite:///absolute/path (held exclusively while running)",
+    )
     parser.add_argument(
         "--tickers",
         default=",".join(DEFAULT_TICKERS),
         help="comma-separated ticker universe; fills of other tickers are rejected",
     )
     parser.add_argument(
-        "--report-interval", type=float, default=10.0, help="seconds between position reports"
+        "--report-interval",
+        type=positive_seconds,
+        default=10.0,
+        help="seconds between position reports",
     )
     parser.add_argument(
         "--position-address", default="localhost:9999", help="PositionService host:port"
     )
     parser.add_argument(
-        "--report-deadline", type=float, default=2.0, help="deadline of each report call, seconds"
+        "--report-deadline",
+        type=positive_seconds,
+        default=2.0,
+        help="deadline of each report call, seconds (plus 10 s per 100,000 accounts)",
     )
     parser.add_argument(
-        "--metrics-port", type=int, default=0, help="Prometheus metrics port (0 = off)"
+        "--metrics-port",
+        type=port_number,
+        default=0,
+        help="Prometheus metrics port on --host (0 = off)",
     )
     parser.add_argument(
         "--sync",
@@ -71,17 +109,24 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--checkpoint-interval",
-        type=float,
+        type=non_negative_seconds,
         default=1.0,
-        help="seconds between position checkpoints (recovery replays fills since the last one)",
+        help="seconds between position checkpoint rounds (recovery replays fills since the last)",
     )
     parser.add_argument(
-        "--workers", type=int, default=DEFAULT_WORKERS, help="gRPC worker threads (one per stream)"
+        "--max-streams",
+        type=positive_int,
+        default=DEFAULT_MAX_STREAMS,
+        help="open StreamFills/StreamAumSplits calls served at once; more are refused"
+        " RESOURCE_EXHAUSTED (each holds a thread; 32 more serve health and unary calls)",
     )
     parser.add_argument(
-        "--grace", type=float, default=5.0, help="seconds to drain in-flight calls on shutdown"
+        "--grace",
+        type=non_negative_seconds,
+        default=5.0,
+        help="seconds to let in-flight calls finish on shutdown",
     )
-    parser.add_argument("--log-level", default="INFO", help="logging level")
+    parser.add_argument("--log-level", default="INFO", choices=LOG_LEVELS, help="logging level")
     args = parser.parse_args(argv)
     args.tickers = tuple(t.strip() for t in args.tickers.split(",") if t.strip())
     if not args.tickers:
@@ -89,17 +134,27 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def open_journal(args: argparse.Namespace) -> Journal | int:
+    """The journal, or the exit status that says why it cannot be used."""
+    try:
+        return Journal(args.db, synchronous=args.sync.upper())
+    except (JournalVersionError, JournalLocked) as error:
+        log.critical("cannot start: %s", error)
+        return EXIT_CANNOT_START
+    except JournalDamaged as error:
+        log.critical("journal damaged; restore it from a backup: %s", error)
+        return EXIT_JOURNAL_DAMAGED
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the controller until SIGTERM/SIGINT, then drain, commit and exit 0; exit 1 if the
-    journal cannot be written, 2 if it is of an unsupported schema version."""
+    """Run the controller until SIGTERM/SIGINT (exit 0) or a journal failure (exit 1); exit 2 or
+    3 when it cannot start (see ``parse_args``)."""
     args = parse_args(argv)
     configure_logging(args.log_level)
     started = time.perf_counter()
-    try:
-        journal = Journal(args.db, synchronous=args.sync.upper())
-    except JournalVersionError as error:
-        log.critical("cannot open the journal", extra={"error": str(error)})
-        return 2
+    journal = open_journal(args)
+    if isinstance(journal, int):
+        return journal
     writer_failed = threading.Event()
     sequencer = Sequencer(
         Book(args.tickers), journal, args.checkpoint_interval, on_failure=writer_failed.set
@@ -112,20 +167,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         "recovered journal",
         extra={
             "db": str(args.db),
+            "journal_id": journal.journal_id,
             "fills": counters.fill_count,
             "next_sequence": counters.next_sequence,
             "report_sequence": counters.report_sequence,
             "seconds": round(time.perf_counter() - started, 3),
         },
     )
-    server, health, port = create_server(f"{args.host}:{args.port}", [SERVICE_NAME], args.workers)
+    try:
+        server, health, port = create_server(
+            f"{args.host}:{args.port}", [SERVICE_NAME], args.max_streams + UNARY_WORKERS
+        )
+        if args.metrics_port:
+            start_http_server(args.metrics_port, addr=args.host)
+    except OSError as error:
+        log.critical("cannot listen: %s", error)
+        journal.close()
+        return EXIT_CANNOT_START
     controller_service_pb2_grpc.add_ControllerServiceServicer_to_server(
-        ControllerService(sequencer, args.tickers), server
+        ControllerService(sequencer, args.tickers, args.max_streams), server
     )
     sequencer.start()
     server.start()
-    if args.metrics_port:
-        start_http_server(args.metrics_port, addr=args.host)
     reporter = Reporter(
         sequencer, args.position_address, args.report_interval, args.report_deadline
     )
@@ -133,16 +196,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     set_serving(health, [SERVICE_NAME])
     log.info("listening", extra={"port": port, "host": args.host, "tickers": list(args.tickers)})
     signum = wait_for_signal(writer_failed)
-    if signum is None:
-        log.critical("journal write failed; exiting so that a restart recovers from the journal")
-    log.info("stopping", extra={"signal": signum})
+    failed = signum is None
+    # At once: health says NOT_SERVING and new requests are answered UNAVAILABLE; requests
+    # already queued are answered (and, unless the journal failed, committed).
     health.enter_graceful_shutdown()
+    sequencer.close_intake()
+    if failed:
+        log.critical("the journal failed; exiting 1 so that a restart recovers from the journal")
+    else:
+        log.info("stopping", extra={"signal": signum})
     reporter.stop()
-    server.stop(args.grace).wait()
+    server.stop(FAILURE_GRACE_SECONDS if failed else args.grace).wait()
     sequencer.stop()
     journal.close()
     log.info("stopped", extra={"next_sequence": sequencer.counters.next_sequence})
-    return 0 if signum is not None else 1
+    return EXIT_JOURNAL_FAILED if failed else EXIT_STOPPED
 
 
 if __name__ == "__main__":

@@ -81,6 +81,7 @@ class RejectReason(enum.Enum):
     NOT_FOUND = "not_found"
     UNAVAILABLE = "unavailable"
     STALE_REPORT = "stale_report"
+    TOO_MANY_STREAMS = "too_many_streams"
 
 
 class Rejected(Exception):

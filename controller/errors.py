@@ -30,6 +30,7 @@ REJECTION_REASONS = {
     RejectReason.NOT_FOUND: allocation_pb2.REJECTION_REASON_NOT_FOUND,
     RejectReason.UNAVAILABLE: allocation_pb2.REJECTION_REASON_UNAVAILABLE,
     RejectReason.STALE_REPORT: allocation_pb2.REJECTION_REASON_STALE_REPORT,
+    RejectReason.TOO_MANY_STREAMS: allocation_pb2.REJECTION_REASON_TOO_MANY_STREAMS,
 }
 
 _CODES = {
@@ -41,6 +42,7 @@ _CODES = {
     RejectReason.NOT_FOUND: code_pb2.NOT_FOUND,
     RejectReason.UNAVAILABLE: code_pb2.UNAVAILABLE,
     RejectReason.STALE_REPORT: code_pb2.FAILED_PRECONDITION,
+    RejectReason.TOO_MANY_STREAMS: code_pb2.RESOURCE_EXHAUSTED,
 }
 
 

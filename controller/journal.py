@@ -12,10 +12,15 @@ are looked up by id on demand, so memory does not grow with the journal.
 
 from __future__ import annotations
 
+import argparse
+import fcntl
 import json
 import logging
+import os
+import socket
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
@@ -38,6 +43,57 @@ SCHEMA_VERSION = 2
 
 class JournalVersionError(RuntimeError):
     """The journal file was written by an incompatible version of the controller."""
+
+
+class JournalDamaged(RuntimeError):
+    """The file fails the integrity check, has a damaged header, or is not a journal."""
+
+
+class JournalLocked(RuntimeError):
+    """Another running controller holds the journal."""
+
+
+class JournalLock:
+    """An exclusive lock on ``<journal>.lock`` held while a controller runs, naming its holder
+    (pid, host, start time) in the file. The kernel drops it when the holder dies."""
+
+    def __init__(self, journal: Path) -> None:
+        """Take the lock or raise ``JournalLocked`` naming the holder."""
+        self._path = journal.with_name(journal.name + ".lock")
+        self._file = self._path.open("a+")
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._file.seek(0)
+            holder = self._file.read().strip() or "an unknown process"
+            self._file.close()
+            raise JournalLocked(f"{journal} is in use by {holder}") from None
+        self._file.seek(0)
+        self._file.truncate()
+        started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        self._file.write(f"controller pid {os.getpid()} on {socket.gethostname()} since {started}")
+        self._file.flush()
+
+    def release(self) -> None:
+        """Give the lock up (closing the file drops it)."""
+        self._file.close()
+
+
+def journal_path(text: str) -> Path:
+    """argparse type for ``--db``: a file path or ``sqlite:///path``; anything else (another
+    scheme, a directory) is an error naming what is understood."""
+    if "://" in text:
+        scheme, _, rest = text.partition("://")
+        if scheme != "sqlite" or not rest.startswith("/"):
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a journal this controller understands: give a file path or"
+                " sqlite:///absolute/path"
+            )
+        text = rest
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a directory; give the journal's file path")
+    return path
 
 
 _SCHEMA = """
@@ -151,21 +207,29 @@ class JournalBatch:
 class Journal:
     """SQLite journal; all methods must be called from the single writer thread."""
 
-    def __init__(self, path: Path, synchronous: str = "FULL") -> None:
-        """Open (or create) the journal at ``path``; ``synchronous`` is SQLite's FULL or NORMAL."""
+    def __init__(self, path: Path, synchronous: str = "FULL", lock: bool = True) -> None:
+        """Open (or create) the journal at ``path``; ``synchronous`` is SQLite's FULL or NORMAL.
+
+        With ``lock`` (the controller) the journal is held exclusively until ``close``: a second
+        holder gets ``JournalLocked`` naming the first. An existing journal must pass SQLite's
+        integrity check (``JournalDamaged`` otherwise, as for a file that is not a journal).
+        """
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(f"PRAGMA synchronous={synchronous}")
-        self._db.execute("PRAGMA wal_autocheckpoint=0")
-        self._checkpointer = _WalCheckpointer(path, synchronous)
-        version = self._db.execute("PRAGMA user_version").fetchone()[0]
-        if version not in (0, 1, SCHEMA_VERSION):
-            self.close()
-            raise JournalVersionError(
-                f"{path} has journal schema version {version}; this controller reads"
-                f" versions 1 and {SCHEMA_VERSION}"
-            )
+        self._lock = JournalLock(path) if lock else None
+        try:
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            try:
+                version = self._open(path, synchronous)
+            except BaseException as error:
+                self._db.close()
+                if isinstance(error, sqlite3.DatabaseError):
+                    raise JournalDamaged(f"{path} is not a readable journal: {error}") from error
+                raise
+            self._checkpointer = _WalCheckpointer(path, synchronous)
+        except BaseException:
+            if self._lock is not None:
+                self._lock.release()
+            raise
         if version != SCHEMA_VERSION:
             script = (_SCHEMA if version == 0 else _UPGRADE_FROM_1) + _META.format(
                 journal_id=uuid.uuid4()
@@ -176,10 +240,37 @@ class Journal:
             "SELECT value FROM meta WHERE name='journal_id'"
         ).fetchone()[0]
 
+    def _open(self, path: Path, synchronous: str) -> int:
+        """Set the connection up and check the file; returns its schema version."""
+        db = self._db
+        version: int = db.execute("PRAGMA user_version").fetchone()[0]
+        tables = db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        if version == 0 and tables:
+            raise JournalDamaged(f"{path} is an SQLite database but not a controller journal")
+        if version not in (0, 1, SCHEMA_VERSION):
+            raise JournalVersionError(
+                f"{path} has journal schema version {version}; this controller reads"
+                f" versions 1 and {SCHEMA_VERSION}"
+            )
+        if tables:
+            problems = [row[0] for row in db.execute("PRAGMA quick_check(5)")]
+            if problems != ["ok"]:
+                raise JournalDamaged(f"{path} fails its integrity check: {'; '.join(problems)}")
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(f"PRAGMA synchronous={synchronous}")
+        db.execute("PRAGMA wal_autocheckpoint=0")
+        return version
+
     def close(self) -> None:
-        """Stop the WAL checkpointer and close the database (everything written is committed)."""
-        self._checkpointer.stop()
+        """Stop the WAL checkpointer and close the database (everything written is committed).
+        A failing disk is logged, not raised: closing must not hide why the controller stops."""
+        try:
+            self._checkpointer.stop()
+        except sqlite3.Error as error:
+            log.error("final WAL checkpoint failed", extra={"error": str(error)})
         self._db.close()
+        if self._lock is not None:
+            self._lock.release()
 
     def recover(self) -> Recovered:
         """Read the aggregated state written by earlier runs."""
@@ -310,7 +401,13 @@ class Journal:
             )
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            # A failed COMMIT may already have rolled back: rolling back again would raise
+            # "no transaction is active" and hide the real error (a full disk, say).
+            if db.in_transaction:
+                try:
+                    db.execute("ROLLBACK")
+                except sqlite3.Error as rollback_error:
+                    log.error("rollback failed too", extra={"error": str(rollback_error)})
             raise
 
     def _fills(self, query: str, parameters: tuple[str, ...]) -> Iterator[StoredFill]:

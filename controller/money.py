@@ -12,7 +12,8 @@ import re
 MICRO = 1_000_000
 DECIMAL_PLACES = 6
 
-_DECIMAL = re.compile(r"(\d{1,18})(?:\.(\d{1,6}))?")
+# ASCII digits only: "\d" would also take fullwidth or Arabic-Indic digits, which int() reads.
+_DECIMAL = re.compile(r"([0-9]{1,18})(?:\.([0-9]{1,6}))?")
 
 
 class InvalidDecimal(ValueError):

@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+# Ids given to splits sent without one: "split#12".
+ASSIGNED_SPLIT_PREFIX = "split#"
 # Requests applied per commit at most; bounds the latency one commit adds to the first request.
 MAX_GROUP = 256
 # Checkpoint rows written per commit at most: a checkpoint of a large book is spread over several
@@ -113,6 +115,8 @@ class Sequencer:
         self._recent: dict[str, StoredFill] = {}
         self._recent_splits: dict[str, StoredSplit] = {}
         self._queue: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
+        self._intake = threading.Lock()
+        self._closed = False
         self._thread = threading.Thread(target=self._run, name="sequencer", daemon=True)
         self._failure: BaseException | None = None
 
@@ -130,8 +134,14 @@ class Sequencer:
         """Start the writer thread."""
         self._thread.start()
 
+    def close_intake(self) -> None:
+        """Refuse new requests from now on (``SequencerStopped``); queued ones still complete."""
+        with self._intake:
+            self._closed = True
+
     def stop(self) -> None:
         """Finish everything queued, commit it with a final checkpoint, and stop the writer."""
+        self.close_intake()
         if self._thread.is_alive():
             self._queue.put(_Request(lambda _: None, Future(), writes=True, checkpoint=True))
             self._queue.put(None)
@@ -181,10 +191,14 @@ class Sequencer:
         return self._enqueue(apply, writes).result()
 
     def _enqueue(self, apply: Callable[[JournalBatch], T], writes: bool) -> Future[T]:
-        if self._failure is not None or not self._thread.is_alive():
-            raise SequencerStopped("the controller's writer is not running")
         future: Future[T] = Future()
-        self._queue.put(_Request(apply, future, writes))
+        # Under the intake lock, so that nothing is queued after a failure drained the queue.
+        with self._intake:
+            if self._failure is not None:
+                raise SequencerStopped(f"the controller's journal failed: {self._failure}")
+            if self._closed or not self._thread.is_alive():
+                raise SequencerStopped("the controller is shutting down")
+            self._queue.put(_Request(apply, future, writes))
         return future
 
     def _run(self) -> None:
@@ -203,9 +217,33 @@ class Sequencer:
                     stopping = True
                     break
                 group.append(item)
-            self._process(group)
+            try:
+                self._process(group)
+            except BaseException as error:
+                self._fail(error, group)
             if stopping or self._failure is not None:
                 return
+
+    def _fail(self, error: BaseException, group: list[_Request]) -> None:
+        """Any fault of the writer (a journal read or write, a bug): the book may be ahead of
+        the journal, so stop. Every request in flight or queued fails at once; a restart
+        recovers exactly what was committed."""
+        log.critical("the writer failed; stopping it", exc_info=error)
+        with self._intake:
+            self._failure = error
+        stopped = SequencerStopped(f"the controller's journal failed: {error}")
+        for request in group:
+            if not request.future.done():
+                request.future.set_exception(stopped)
+        while True:
+            try:
+                queued = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if queued is not None:
+                queued.future.set_exception(stopped)
+        if self._on_failure is not None:
+            self._on_failure()
 
     def _process(self, group: list[_Request]) -> None:
         batch = JournalBatch()
@@ -226,16 +264,6 @@ class Sequencer:
             started = time.perf_counter()
             try:
                 self._journal.write(batch, self._counters)
-            except BaseException as error:
-                # The book is now ahead of the journal: stop taking requests; a restart
-                # recovers exactly what was committed.
-                log.critical("journal write failed; stopping the writer: %r", error)
-                self._failure = error
-                for request, _, _ in outcomes:
-                    request.future.set_exception(SequencerStopped(f"journal write failed: {error}"))
-                if self._on_failure is not None:
-                    self._on_failure()
-                return
             finally:
                 self._recent.clear()
                 self._recent_splits.clear()
@@ -351,7 +379,8 @@ class Sequencer:
                 )
         sequence = self._take_sequence()
         if not split.split_id:
-            split = replace(split, split_id=f"split-{sequence}")
+            # '#' is outside the alphabet of client ids: an assigned id never collides with one.
+            split = replace(split, split_id=f"{ASSIGNED_SPLIT_PREFIX}{sequence}")
         released: list[Allocation] = self._book.set_split(split)
         stored = StoredSplit(sequence, split)
         batch.splits.append(stored)

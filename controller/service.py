@@ -9,11 +9,13 @@ fills is admitted only if the acknowledgement it can need fits, else refused who
 from __future__ import annotations
 
 import contextlib
+import logging
 import queue
 import threading
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
+from typing import NoReturn
 
 import grpc
 
@@ -29,9 +31,13 @@ from controller.sequencer import FillOutcome, Sequencer, SequencerStopped, Split
 from controller.validation import FILL_ID_MAX, parse_fill, parse_split, require_fill_id
 from controller.wire import fill_result_bound, report_header, write_account, write_allocation
 
+log = logging.getLogger(__name__)
+
 DOMAIN = controller_service_pb2.DESCRIPTOR.services_by_name["ControllerService"].full_name
 # Messages of one stream validated and queued ahead of the one being answered.
 STREAM_PIPELINE_DEPTH = 8
+# Open streams served at once: each holds a server thread while it is open, idle or not.
+DEFAULT_MAX_STREAMS = 32
 
 
 @contextlib.contextmanager
@@ -41,6 +47,20 @@ def _writer_running(context: grpc.ServicerContext) -> Iterator[None]:
         yield
     except SequencerStopped as stopped:
         abort(context, Rejected(RejectReason.UNAVAILABLE, "", str(stopped)), DOMAIN)
+
+
+def _end_stream(context: grpc.ServicerContext, failure: BaseException) -> NoReturn:
+    """End a stream whose next message could not be answered: UNAVAILABLE when the writer has
+    stopped, INTERNAL (logged) for anything else. Never silently, so a resending client sends
+    the unanswered messages again."""
+    if isinstance(failure, SequencerStopped):
+        abort(context, Rejected(RejectReason.UNAVAILABLE, "", str(failure)), DOMAIN)
+    log.error("stream message failed unexpectedly", exc_info=failure)
+    context.abort(
+        grpc.StatusCode.INTERNAL,
+        "internal error; this message and the ones after it were not applied",
+    )
+    raise AssertionError("abort returned")  # pragma: no cover
 
 
 def admit_acknowledgement(
@@ -91,11 +111,35 @@ def _receipt(outcome: SplitOutcome) -> controller_service_pb2.SplitReceipt:
 class ControllerService(controller_service_pb2_grpc.ControllerServiceServicer):
     """Adapts the sequencer (engine + journal) to the ``allocation.v1.ControllerService`` API."""
 
-    def __init__(self, sequencer: Sequencer, tickers: Sequence[str]) -> None:
-        """Serve ``sequencer``, accepting fills of ``tickers`` only."""
+    def __init__(
+        self, sequencer: Sequencer, tickers: Sequence[str], max_streams: int = DEFAULT_MAX_STREAMS
+    ) -> None:
+        """Serve ``sequencer``, accepting fills of ``tickers`` only and at most ``max_streams``
+        open streams at once (each holds a server thread)."""
         self._sequencer = sequencer
         self._tickers = tuple(tickers)
         self._listings = Listings(sequencer.snapshot)
+        self._max_streams = max_streams
+        self._streams = threading.BoundedSemaphore(max_streams)
+
+    @contextlib.contextmanager
+    def _stream_slot(self, context: grpc.ServicerContext) -> Iterator[None]:
+        """Hold one of the stream slots for the stream's life, or refuse it at once."""
+        if not self._streams.acquire(blocking=False):
+            abort(
+                context,
+                Rejected(
+                    RejectReason.TOO_MANY_STREAMS,
+                    "",
+                    f"the controller serves at most {self._max_streams} streams at once"
+                    " (--max-streams); retry later",
+                ),
+                DOMAIN,
+            )
+        try:
+            yield
+        finally:
+            self._streams.release()
 
     def _parse_batch(self, fills: Sequence[allocation_pb2.Fill]) -> list[Fill | Rejected]:
         items: list[Fill | Rejected] = []
@@ -140,6 +184,14 @@ class ControllerService(controller_service_pb2_grpc.ControllerServiceServicer):
         A reader thread validates and queues message k+1 while message k is being committed,
         so one stream fills a group commit instead of waiting for each commit in turn.
         """
+        with self._stream_slot(context):
+            yield from self._answer_fills(request_iterator, context)
+
+    def _answer_fills(
+        self,
+        request_iterator: Iterator[controller_service_pb2.StreamFillsRequest],
+        context: grpc.ServicerContext,
+    ) -> Iterator[controller_service_pb2.StreamFillsResponse]:
         in_flight: queue.SimpleQueue[
             tuple[controller_service_pb2.StreamFillsRequest, Future[list[FillOutcome]]] | None
         ] = queue.SimpleQueue()
@@ -158,11 +210,12 @@ class ControllerService(controller_service_pb2_grpc.ControllerServiceServicer):
                 request, future = entry
                 response = controller_service_pb2.StreamFillsResponse()
                 try:
-                    with _writer_running(context):
-                        outcomes = future.result()
+                    outcomes = future.result()
                 except Rejected as refused:
                     FILLS.labels("rejected", refused.reason.value).inc(len(request.fills))
                     response.rejection.CopyFrom(rejection_message(refused))
+                except Exception as error:
+                    _end_stream(context, error)
                 else:
                     _count_fills(outcomes)
                     add = response.batch.results.add
@@ -213,8 +266,8 @@ class ControllerService(controller_service_pb2_grpc.ControllerServiceServicer):
             return self._sequencer.submit_fills_later(
                 self._parse_batch(fills), admit_acknowledgement
             )
-        except SequencerStopped as stopped:
-            future.set_exception(stopped)
+        except Exception as error:  # SequencerStopped, or a fault the answering side reports
+            future.set_exception(error)
             return future
 
     def SetAumSplit(
@@ -233,6 +286,14 @@ class ControllerService(controller_service_pb2_grpc.ControllerServiceServicer):
         context: grpc.ServicerContext,
     ) -> Iterator[controller_service_pb2.StreamAumSplitsResponse]:
         """One response per split, in order; bad splits are rejected in-band."""
+        with self._stream_slot(context):
+            yield from self._answer_splits(request_iterator, context)
+
+    def _answer_splits(
+        self,
+        request_iterator: Iterator[controller_service_pb2.StreamAumSplitsRequest],
+        context: grpc.ServicerContext,
+    ) -> Iterator[controller_service_pb2.StreamAumSplitsResponse]:
         for request in request_iterator:
             try:
                 outcome = self._set_split(context, request.split)

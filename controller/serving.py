@@ -6,6 +6,7 @@ log lines are structured (one JSON object per line).
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import signal
@@ -19,7 +20,9 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-# Long-lived streams each hold a worker thread; leave room for unary calls beside them.
+# Threads beyond the open streams' (each holds one), so health checks and unary calls are
+# answered however many streams are open.
+UNARY_WORKERS = 32
 DEFAULT_WORKERS = 64
 # A second server on the same port must fail, not silently share it (SO_REUSEPORT is on by
 # default in gRPC).
@@ -97,5 +100,42 @@ def wait_for_signal(stop: threading.Event | None = None) -> int | None:
     someone else (returns None)."""
     done = stop if stop is not None else threading.Event()
     received = stop_on_signals(done)
-    done.wait()
+    # A timed wait: the handler always gets a chance to run promptly on the main thread.
+    while not done.wait(0.5):
+        pass
     return received[0] if received else None
+
+
+def port_number(text: str) -> int:
+    """argparse type: a TCP port, 0 to 65535 (0 picks a free one)."""
+    port = int(text)
+    if not 0 <= port <= 65_535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port (0 to 65535)")
+    return port
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def positive_seconds(text: str) -> float:
+    """argparse type: a finite number of seconds > 0."""
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} must be a number of seconds > 0")
+    return value
+
+
+def non_negative_seconds(text: str) -> float:
+    """argparse type: a finite number of seconds >= 0."""
+    value = float(text)
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} must be a number of seconds >= 0")
+    return value
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")

@@ -12,6 +12,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from google.protobuf.timestamp_pb2 import Timestamp
+
 from allocation.v1 import allocation_pb2
 from controller.domain import Fill, Rejected, RejectReason, Side, Split
 from controller.limits import MAX_RESPONSE_BYTES
@@ -20,6 +22,11 @@ from controller.money import MICRO, InvalidDecimal, parse_micro
 FILL_ID_MAX = 128
 FILL_ID = re.compile(rf"[A-Za-z0-9._:/-]{{1,{FILL_ID_MAX}}}")
 ACCOUNT = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+# A value echoed in an error message is cut to this many characters (a 1 MB id must not make a
+# 1 MB error, which no client could receive).
+ECHO_MAX = 40
+# What a google.protobuf.Timestamp may hold: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z.
+TIMESTAMP_SECONDS = range(-62_135_596_800, 253_402_300_800)
 SPLIT_ID = ACCOUNT
 MAX_PRICE = 1_000_000 * MICRO
 MAX_QUANTITY = 10_000_000_000
@@ -37,6 +44,24 @@ def _invalid(field: str, message: str) -> Rejected:
     return Rejected(RejectReason.INVALID_ARGUMENT, field, message)
 
 
+def shown(value: str) -> str:
+    """``value`` quoted for an error message, cut to its first ``ECHO_MAX`` characters."""
+    if len(value) <= ECHO_MAX:
+        return repr(value)
+    return f"{value[:ECHO_MAX]!r}... ({len(value):,} characters)"
+
+
+def _timestamp_ns(stamp: Timestamp, field: str) -> int:
+    """Nanoseconds of a set timestamp, refused unless it is a valid Timestamp."""
+    if stamp.seconds not in TIMESTAMP_SECONDS or not 0 <= stamp.nanos < 1_000_000_000:
+        raise _invalid(
+            field,
+            f"{field} seconds={stamp.seconds} nanos={stamp.nanos} is not a valid timestamp"
+            " (0001-01-01 to 9999-12-31, nanos 0 to 999999999)",
+        )
+    return stamp.ToNanoseconds()
+
+
 def _side_name(side: int) -> str:
     try:
         return allocation_pb2.Side.Name(side)  # type: ignore[arg-type]
@@ -47,7 +72,9 @@ def _side_name(side: int) -> str:
 def require_fill_id(fill_id: str, field: str) -> str:
     """Return ``fill_id`` if well-formed, else raise ``Rejected`` naming ``field``."""
     if not FILL_ID.fullmatch(fill_id):
-        raise _invalid(field, f"{field} {fill_id!r} must be 1-128 characters from [A-Za-z0-9._:/-]")
+        raise _invalid(
+            field, f"{field} {shown(fill_id)} must be 1-128 characters from [A-Za-z0-9._:/-]"
+        )
     return fill_id
 
 
@@ -57,19 +84,19 @@ def parse_fill(message: allocation_pb2.Fill, tickers: Sequence[str], field: str 
     if message.ticker not in tickers:
         raise _invalid(
             f"{field}.ticker",
-            f"{field}.ticker {message.ticker!r} is not in the universe {', '.join(tickers)}",
+            f"{field}.ticker {shown(message.ticker)} is not in the universe {', '.join(tickers)}",
         )
     try:
         price = parse_micro(message.price)
     except InvalidDecimal:
         raise _invalid(
             f"{field}.price",
-            f"{field}.price {message.price!r} must be a plain decimal such as '101.25'"
+            f"{field}.price {shown(message.price)} must be a plain decimal such as '101.25'"
             " with at most 6 decimal places",
         ) from None
     if not 0 < price <= MAX_PRICE:
         raise _invalid(
-            f"{field}.price", f"{field}.price {message.price!r} must be > 0 and <= 1000000"
+            f"{field}.price", f"{field}.price {shown(message.price)} must be > 0 and <= 1000000"
         )
     if not 0 < message.quantity <= MAX_QUANTITY:
         raise _invalid(
@@ -89,7 +116,9 @@ def parse_fill(message: allocation_pb2.Fill, tickers: Sequence[str], field: str 
         quantity=message.quantity,
         side=side,
         execute_time_ns=(
-            message.execute_time.ToNanoseconds() if message.HasField("execute_time") else None
+            _timestamp_ns(message.execute_time, f"{field}.execute_time")
+            if message.HasField("execute_time")
+            else None
         ),
     )
 
@@ -99,27 +128,28 @@ def parse_split(message: allocation_pb2.AumSplit, field: str = "split") -> Split
     if message.split_id and not SPLIT_ID.fullmatch(message.split_id):
         raise _invalid(
             f"{field}.split_id",
-            f"{field}.split_id {message.split_id!r} must be 1-64 characters from [A-Za-z0-9._:-]",
+            f"{field}.split_id {shown(message.split_id)} must be 1-64 characters from"
+            " [A-Za-z0-9._:-]",
         )
     if not message.percentages:
         raise _invalid(f"{field}.percentages", f"{field}.percentages is empty")
     percents: dict[str, int] = {}
     for account, text in sorted(message.percentages.items()):
-        where = f"{field}.percentages[{account}]"
+        where = f"{field}.percentages[{account[:ECHO_MAX]}]"
         if not ACCOUNT.fullmatch(account):
             raise _invalid(
-                where, f"account {account!r} must be 1-64 characters from [A-Za-z0-9._:-]"
+                where, f"account {shown(account)} must be 1-64 characters from [A-Za-z0-9._:-]"
             )
         try:
             percent = parse_micro(text)
         except InvalidDecimal:
             raise _invalid(
                 where,
-                f"{where} {text!r} must be a plain decimal percent such as '12.5'"
+                f"{where} {shown(text)} must be a plain decimal percent such as '12.5'"
                 " with at most 6 decimal places",
             ) from None
         if percent > HUNDRED_PERCENT:
-            raise _invalid(where, f"{where} {text!r} must be between 0 and 100")
+            raise _invalid(where, f"{where} {shown(text)} must be between 0 and 100")
         percents[account] = percent
     # One fill can be allocated to every account of the split: that allocation must fit in a
     # response (each entry is the name plus at most 10 bytes of framing and quantity).
@@ -142,6 +172,8 @@ def parse_split(message: allocation_pb2.AumSplit, field: str = "split") -> Split
         split_id=message.split_id,
         percents=percents,
         effective_time_ns=(
-            message.effective_time.ToNanoseconds() if message.HasField("effective_time") else None
+            _timestamp_ns(message.effective_time, f"{field}.effective_time")
+            if message.HasField("effective_time")
+            else None
         ),
     )

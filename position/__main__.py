@@ -10,7 +10,16 @@ from pathlib import Path
 from rich.console import Console
 
 from allocation.v1 import position_service_pb2, position_service_pb2_grpc
-from controller.serving import configure_logging, create_server, set_serving, wait_for_signal
+from controller.serving import (
+    LOG_LEVELS,
+    configure_logging,
+    create_server,
+    non_negative_seconds,
+    port_number,
+    positive_int,
+    set_serving,
+    wait_for_signal,
+)
 from position.render import PER_TICKER_CHOICES, RenderOptions
 from position.service import PositionService
 
@@ -32,10 +41,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    parser.add_argument("--port", type=int, default=9999, help="gRPC port (0 picks a free one)")
+    parser.add_argument(
+        "--port", type=port_number, default=9999, help="gRPC port (0 picks a free one)"
+    )
     parser.add_argument(
         "--max-rows",
-        type=int,
+        type=positive_int,
         default=50,
         help="accounts shown per report; beyond it, those with the largest |deviation|",
     )
@@ -49,11 +60,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--jsonl", type=Path, default=None, help="also append each report as a JSON line here"
     )
-    parser.add_argument("--grace", type=float, default=5.0, help="shutdown drain, seconds")
-    parser.add_argument("--log-level", default="INFO", help="logging level")
+    parser.add_argument(
+        "--grace", type=non_negative_seconds, default=5.0, help="shutdown drain, seconds"
+    )
+    parser.add_argument("--log-level", default="INFO", choices=LOG_LEVELS, help="logging level")
     args = parser.parse_args(argv)
-    if args.max_rows < 1:
-        parser.error("--max-rows must be at least 1")
+    if args.jsonl is not None and args.jsonl.is_dir():
+        parser.error(f"--jsonl {args.jsonl} is a directory; give a file to append to")
     return args
 
 
@@ -66,7 +79,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if plain:
         console = Console(width=PLAIN_WIDTH, no_color=True, highlight=False)
     options = RenderOptions(args.max_rows, args.per_ticker, plain)
-    server, health, port = create_server(f"{args.host}:{args.port}", [SERVICE_NAME])
+    try:
+        server, health, port = create_server(f"{args.host}:{args.port}", [SERVICE_NAME])
+    except OSError as error:
+        log.critical("cannot listen: %s", error)
+        return 2
     position_service_pb2_grpc.add_PositionServiceServicer_to_server(
         PositionService(console, options, args.jsonl), server
     )

@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import argparse
 import logging
+import secrets
 import threading
 import time
 from collections.abc import Sequence
 
-from controller.serving import configure_logging, stop_on_signals, wait_for_signal
+from controller.serving import (
+    LOG_LEVELS,
+    configure_logging,
+    positive_int,
+    positive_seconds,
+    stop_on_signals,
+    wait_for_signal,
+)
 from controller.validation import DEFAULT_TICKERS
 from simulators.aum import AumServer
 from simulators.fills import PER_FILL_OUTPUT_MAX_RATE, FillGenerator, FillServer, FillStats
@@ -22,10 +30,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         prog="python -m simulators",
         description="Simulated execution venues (fills) and AUM source (aum) for the controller.",
     )
-    parser.add_argument("--log-level", default="INFO", help="logging level")
+    parser.add_argument("--log-level", default="INFO", choices=LOG_LEVELS, help="logging level")
     commands = parser.add_subparsers(dest="command", required=True)
     defaults = argparse.ArgumentDefaultsHelpFormatter
-    run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    # Time plus a random suffix: two runs started in the same second still get distinct ids.
+    run_id = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{secrets.token_hex(3)}"
 
     fills = commands.add_parser(
         "fills",
@@ -42,9 +51,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     fills.add_argument("--sell-ratio", type=float, default=0.2, help="share of fills that sell")
     fills.add_argument("--seed", type=int, default=None, help="seed for a reproducible stream")
-    fills.add_argument("--count", type=int, default=None, help="stop after N fills per server")
-    fills.add_argument("--batch", type=int, default=1, help="fills per stream message")
-    fills.add_argument("--servers", type=int, default=1, help="independent fill servers")
+    fills.add_argument(
+        "--count", type=positive_int, default=None, help="stop after N fills per server"
+    )
+    fills.add_argument("--batch", type=positive_int, default=1, help="fills per stream message")
+    fills.add_argument("--servers", type=positive_int, default=1, help="independent fill servers")
     fills.add_argument(
         "--tickers", default=",".join(DEFAULT_TICKERS), help="comma-separated tickers to trade"
     )
@@ -62,18 +73,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         ),
     )
     aum.add_argument("--controller", default="localhost:9998", help="controller host:port")
-    aum.add_argument("--interval", type=float, default=30.0, help="seconds between splits")
-    aum.add_argument("--accounts", type=int, default=5, help="accounts in each split")
+    aum.add_argument(
+        "--interval", type=positive_seconds, default=30.0, help="seconds between splits"
+    )
+    aum.add_argument("--accounts", type=positive_int, default=5, help="accounts in each split")
     aum.add_argument("--seed", type=int, default=None, help="seed for reproducible splits")
     aum.add_argument("--run-id", default=run_id, help="split ids are aum-<run-id>-<n>")
     args = parser.parse_args(argv)
     if args.command == "fills":
-        if args.rate < 0 or args.batch < 1 or args.servers < 1:
-            parser.error("--rate must be >= 0, --batch and --servers >= 1")
+        if not 0 <= args.rate < float("inf"):
+            parser.error("--rate must be >= 0")
         if not 0 <= args.sell_ratio <= 1:
             parser.error("--sell-ratio must be between 0 and 1")
-    elif args.accounts < 1 or args.interval <= 0:
-        parser.error("--accounts must be >= 1 and --interval > 0")
     return args
 
 

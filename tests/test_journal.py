@@ -65,7 +65,8 @@ def test_recovered_book_equals_the_book_that_wrote_the_journal(
         writer.stop()
         assert writer.counters.checkpoint_sequence == writer.counters.next_sequence - 1
     # Without a clean stop this reads what a crash would leave: only committed transactions.
-    reader = Sequencer(Book(TICKERS), Journal(db, synchronous="NORMAL"))
+    # Read beside the writer, as a crash would leave the file (the writer still holds the lock).
+    reader = Sequencer(Book(TICKERS), Journal(db, synchronous="NORMAL", lock=False))
     assert reader.counters.fill_count == expected_counters.fill_count
     assert reader.counters.next_sequence == expected_counters.next_sequence
     reader.start()
@@ -95,6 +96,7 @@ def test_a_failed_journal_write_stops_the_writer_and_acknowledges_nothing(
         sequencer.snapshot()
     monkeypatch.undo()
     sequencer.stop()
+    journal.close()
     recovered = Sequencer(Book(TICKERS), Journal(tmp_path / "journal.db", synchronous="NORMAL"))
     assert recovered.counters.fill_count == 0
 
@@ -110,11 +112,13 @@ def test_a_journal_of_another_schema_version_is_refused(tmp_path: Path) -> None:
 
 def test_a_version_1_journal_is_upgraded_and_recovers_the_same_book(tmp_path: Path) -> None:
     db = tmp_path / "journal.db"
-    writer = Sequencer(Book(TICKERS), Journal(db, synchronous="NORMAL"), checkpoint_interval=0.0)
+    written = Journal(db, synchronous="NORMAL")
+    writer = Sequencer(Book(TICKERS), written, checkpoint_interval=0.0)
     writer.start()
     apply(writer, events())
     expected = writer.snapshot()[0]
     writer.stop()
+    written.close()
     # What version 1 wrote: no journal identity, positions all as of checkpoint_sequence.
     with sqlite3.connect(db) as raw:
         raw.executescript(
@@ -126,6 +130,7 @@ def test_a_version_1_journal_is_upgraded_and_recovers_the_same_book(tmp_path: Pa
     reader.start()
     assert reader.snapshot()[0] == expected
     reader.stop()
+    upgraded.close()
     assert Journal(db).journal_id == upgraded.journal_id
 
 
@@ -145,7 +150,7 @@ def test_recovery_is_exact_at_every_crash_point_while_checkpoints_are_spread(
     writer.start()
     for event in events():
         apply(writer, [event])
-        reader = Sequencer(Book(TICKERS), Journal(db, synchronous="NORMAL"))
+        reader = Sequencer(Book(TICKERS), Journal(db, synchronous="NORMAL", lock=False))
         reader.start()
         assert reader.snapshot()[0] == writer.snapshot()[0]
         reader.stop()

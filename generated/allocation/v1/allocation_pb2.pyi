@@ -109,6 +109,10 @@ class _RejectionReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Rejec
     """A position report that is not newer than the last one accepted from the same journal, or
     whose sender gave up on it before it was complete. Never shown.
     """
+    REJECTION_REASON_TOO_MANY_STREAMS: _RejectionReason.ValueType  # 9
+    """The service already has as many open streams as it serves at once (`--max-streams`); retry
+    later or on another instance (unary: RESOURCE_EXHAUSTED).
+    """
 
 class RejectionReason(_RejectionReason, metaclass=_RejectionReasonEnumTypeWrapper):
     """Why a request, or one fill of a stream message, was refused. A refused message changes
@@ -142,6 +146,10 @@ later (unary: UNAVAILABLE).
 REJECTION_REASON_STALE_REPORT: RejectionReason.ValueType  # 8
 """A position report that is not newer than the last one accepted from the same journal, or
 whose sender gave up on it before it was complete. Never shown.
+"""
+REJECTION_REASON_TOO_MANY_STREAMS: RejectionReason.ValueType  # 9
+"""The service already has as many open streams as it serves at once (`--max-streams`); retry
+later or on another instance (unary: RESOURCE_EXHAUSTED).
 """
 Global___RejectionReason: _TypeAlias = RejectionReason  # noqa: Y015
 
@@ -229,7 +237,9 @@ class AumSplit(_message.Message):
     PERCENTAGES_FIELD_NUMBER: _builtins.int
     EFFECTIVE_TIME_FIELD_NUMBER: _builtins.int
     split_id: _builtins.str
-    """Identifier of this split; optional. When empty the controller assigns one ("split-<sequence>").
+    """Identifier of this split; optional, 1-64 characters from [A-Za-z0-9._:-]. When empty the
+    controller assigns "split#<sequence>": '#' is outside the client alphabet, so an assigned id
+    can never collide with one a client chose.
     Sending a split with an id that was already used and different percentages is refused.
     """
     @_builtins.property
