@@ -9,9 +9,11 @@ Both objectives are separable and convex, so taking the best share slots one at 
 exactly optimal; ``controller.waterfill`` finds the same slots without looping over Q.
 
 Exactness. Multiplying the objective by S^2 makes every term an integer: the buy slot values
-are a_i - S P k with a_i = p_i T' - S V_i. Writing a_i = S h_i + r_i (0 <= r_i < S) keeps all
-numbers inside int64 while the book's gross traded value stays below ``GROSS_LIMIT``; a share
-lowers only h_i, by P.
+are a_i - S P k with a_i = p_i T' - S V_i. Writing a_i = S h_i + r_i (0 <= r_i < S) keeps the
+numpy path inside int64 while |T'|, every |V_i| and the fill's P (Q + 1) are below
+``VECTOR_SAFE``; a fill beyond that takes the exact Python-integer path instead, so there is no
+limit on the book's lifetime traded value. What remains bounded is what the int64 position
+arrays store: an account's net value below ``STORED_LIMIT``.
 
 Ties. Slots of equal value are ordered by ``mix64(account_hash ^ fill_hash)``: a per-fill
 pseudo-random but reproducible order, so remainders do not always favour the same account and
@@ -39,9 +41,12 @@ from controller.waterfill import (
     stable_hash64,
 )
 
-# Gross traded value (sum of price * quantity of all fills, micro-units) a book can carry:
-# about 1.15e12 in price units. It bounds every intermediate of the int64 arithmetic.
-GROSS_LIMIT = 1 << 60
+# The numpy path's int64 arithmetic is exact while |T'|, every |V_i| and one fill's P (Q + 1)
+# stay below this (micro-units; about 1.15e12 in price units); beyond it, the Python path.
+VECTOR_SAFE = 1 << 60
+# What an account's net value (and per-ticker value) may reach in the int64 arrays and the
+# journal's INTEGER columns: about 4.6e12 in price units. Fills past it are refused.
+STORED_LIMIT = 1 << 62
 # Up to this many eligible accounts the exact Python path is faster than numpy's overhead.
 SMALL_BOOK = 48
 # Large books: when at most this many accounts can receive, finish on the exact Python path.
@@ -73,13 +78,16 @@ class Book:
         tickers: Sequence[str],
         small_book: int = SMALL_BOOK,
         python_candidates: int = PYTHON_CANDIDATES,
+        vector_safe: int = VECTOR_SAFE,
     ) -> None:
         """A book over ``tickers``. Tuning only (every path gives identical results):
         ``small_book`` is the eligible-account count up to which the Python path is used;
         ``python_candidates`` is how many possible receivers a large book may have and still
-        finish on the Python path."""
+        finish on the Python path; ``vector_safe`` is the magnitude from which a large book's
+        fill takes the Python path (int64 is exact below ``VECTOR_SAFE``)."""
         self._small_book = small_book
         self._python_candidates = python_candidates
+        self._vector_safe_limit = vector_safe
         self._tickers = tuple(tickers)
         self._names: list[str] = []
         self._name_array = np.zeros(0, dtype=object)
@@ -101,7 +109,10 @@ class Book:
         self._longest_name = 0
         self._weight_total = 0
         self._total = 0
-        self._gross = 0
+        # An upper bound of every |V_i| and per-ticker |value|: grows by each fill's value and
+        # is recomputed exactly only when it nears a limit.
+        self._value_bound = 0
+        self._pending_value = 0
         self._fill_count = 0
         self._pending: list[Fill] = []
         self._pending_net = dict.fromkeys(self._tickers, 0)
@@ -119,11 +130,12 @@ class Book:
                 "fill.ticker",
                 f"fill.ticker {fill.ticker!r} is not in the universe {list(self._tickers)}",
             )
-        if self._gross + fill.value >= GROSS_LIMIT:
+        if self._bound_after(fill.value + self._pending_value) >= STORED_LIMIT:
             raise Rejected(
                 RejectReason.LIMIT_EXCEEDED,
                 "fill.quantity",
-                f"fill {fill.fill_id!r} would take the book's gross traded value past its limit",
+                f"fill {fill.fill_id!r} could take an account's net value past {STORED_LIMIT:,}"
+                " micro-units (about 4.6e12), what the book stores per account",
             )
         if fill.side is Side.SELL:
             held = self._ticker_total[fill.ticker] + self._pending_net[fill.ticker]
@@ -146,7 +158,7 @@ class Book:
             self._pending.append(fill)
             signed = fill.quantity if fill.side is Side.BUY else -fill.quantity
             self._pending_net[fill.ticker] += signed
-            self._gross += fill.value
+            self._pending_value += fill.value
             return Allocation(fill=fill, split_id="")
         return self._allocate(fill)
 
@@ -166,9 +178,29 @@ class Book:
         self._split = split
         released, self._pending = self._pending, []
         self._pending_net = dict.fromkeys(self._tickers, 0)
-        for fill in released:
-            self._gross -= fill.value
+        self._pending_value = 0
         return [self._allocate(fill) for fill in released]
+
+    def _bound_after(self, added: int) -> int:
+        """The value bound once ``added`` more value is applied, recomputed exactly when the
+        running bound would reach ``VECTOR_SAFE``."""
+        if self._value_bound + added >= self._vector_safe_limit:
+            self._value_bound = self._largest_value()
+        return self._value_bound + added
+
+    def _largest_value(self) -> int:
+        """The largest |V_i| or per-ticker |value| of any account (O(N))."""
+        arrays = [self._value, *self._ticker_value.values()]
+        return max((int(np.abs(a).max()) for a in arrays if len(a)), default=0)
+
+    def _vector_safe(self, fill: Fill, new_total: int) -> bool:
+        """Whether the numpy path's int64 arithmetic is exact for this fill."""
+        limit = self._vector_safe_limit
+        return (
+            abs(new_total) < limit
+            and fill.price * (fill.quantity + 1) < limit
+            and self._bound_after(fill.value) < limit
+        )
 
     def _cache_buy_lists(self) -> None:
         """Refresh the per-split lists (after a split or a re-indexing)."""
@@ -226,7 +258,7 @@ class Book:
         new_total = self._total + fill.value if buy else self._total - fill.value
         holdings = self._quantity[fill.ticker]
         eligible = self._buy_eligible if buy else np.flatnonzero(holdings)
-        if len(eligible) <= self._small_book:
+        if len(eligible) <= self._small_book or not self._vector_safe(fill, new_total):
             values = self._value[eligible].tolist()
             scale = self._weight_total
             if buy:
@@ -322,7 +354,7 @@ class Book:
         self._ticker_total[fill.ticker] += int(signed.sum())
         self._changed[fill.ticker][receivers] = True
         self._total = new_total
-        self._gross += fill.value
+        self._value_bound += fill.value
         self._fill_count += 1
         self._last_price[fill.ticker] = fill.price
         assert self._split is not None
@@ -363,14 +395,11 @@ class Book:
         positions: Iterable[PositionRow],
         split: Split | None,
         fill_count: int,
-        gross: int,
         last_prices: dict[str, int],
         pending: Iterable[Fill],
     ) -> None:
-        """Load state aggregated from a journal into this new, empty book.
-
-        ``gross`` covers the allocated fills only; ``pending`` fills are submitted again.
-        """
+        """Load state aggregated from a journal into this new, empty book; ``pending`` fills
+        are submitted again."""
         if self._names or self._fill_count:
             raise RuntimeError("restore() needs an empty book")
         rows = list(positions)
@@ -387,15 +416,10 @@ class Book:
             # Part of these rows may come from replay, not the checkpoint: rewrite them all.
             self._changed[row.ticker][i] = True
         self._fill_count = fill_count
-        self._gross = gross
+        self._value_bound = self._largest_value()
         self._last_price = dict(last_prices)
         for fill in pending:
             self.submit(fill)
-
-    @property
-    def gross(self) -> int:
-        """Gross traded value of all accepted fills (micro-units), bounded by ``GROSS_LIMIT``."""
-        return self._gross
 
     @property
     def last_prices(self) -> dict[str, int]:

@@ -172,7 +172,6 @@ class Counters:
 
     next_sequence: int = 1
     fill_count: int = 0
-    gross: int = 0
     report_sequence: int = 0
     checkpoint_sequence: int = 0
     """The positions table holds every allocation made up to this journal sequence (rows
@@ -274,7 +273,9 @@ class Journal:
 
     def recover(self) -> Recovered:
         """Read the aggregated state written by earlier runs."""
-        counters = Counters(**dict(self._db.execute("SELECT name, value FROM counters")))
+        # Names no longer kept (version 1's "gross") are ignored.
+        stored = dict(self._db.execute("SELECT name, value FROM counters"))
+        counters = Counters(**{name: stored[name] for name in Counters.__slots__ if name in stored})
         checkpoint = {
             (account, ticker): (quantity, value, as_of)
             for account, ticker, quantity, value, as_of in self._db.execute(

@@ -100,12 +100,10 @@ class Sequencer:
         self._journal = journal
         recovered = journal.recover()
         counters = recovered.counters
-        pending_gross = sum(fill.value for fill in recovered.pending)
         book.restore(
             recovered.positions,
             recovered.split,
             counters.fill_count,
-            counters.gross - pending_gross,
             recovered.last_prices,
             recovered.pending,
         )
@@ -258,7 +256,6 @@ class Sequencer:
                 self._counters,
                 next_sequence=self._next_sequence,
                 fill_count=self._book.fill_count,
-                gross=self._book.gross,
             )
             self._checkpoint_some(batch, any(request.checkpoint for request in group))
             started = time.perf_counter()

@@ -11,14 +11,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controller.book import Book
+from controller.book import VECTOR_SAFE, Book
 from controller.domain import Allocation, Fill, Rejected, RejectReason, Side, Split
 from tests.oracles import Problem, brute_force_minimum, unit_greedy
 from tests.strategies import TICKERS, events
 
-# Every path of the book, as (small_book, python_candidates): exact Python integers for small
-# books; numpy for large ones, finishing in Python when few accounts can receive, or in numpy.
-PATHS = {"python": (10**9, 10**9), "prefiltered": (0, 10**9), "numpy": (0, 0)}
+# Every path of the book, as (small_book, python_candidates, vector_safe): exact Python integers
+# for small books; numpy for large ones, finishing in Python when few accounts can receive, or in
+# numpy; and a large book past int64's safe range, back on Python integers.
+PATHS = {
+    "python": (10**9, 10**9, VECTOR_SAFE),
+    "prefiltered": (0, 10**9, VECTOR_SAFE),
+    "numpy": (0, 0, VECTOR_SAFE),
+    "past-int64": (0, 0, 0),
+}
 
 
 def problem_for(book: Book, split: Split, fill: Fill) -> Problem:
@@ -315,3 +321,41 @@ def test_python_and_numpy_paths_agree_at_large_magnitudes(
                 out.append(rejected.reason)
     assert all(result == results[0] for result in results)
     assert all(book.snapshot() == books[0].snapshot() for book in books)
+
+
+PRICE_MILLION = 1_000_000 * 1_000_000  # 1,000,000 in micro-units
+
+
+def test_no_lifetime_limit_on_traded_value() -> None:
+    """One legal fill of 1,100,000 shares at 1,000,000 used 95 % of the old lifetime limit, and
+    every later fill was refused. Now 20 round trips of two such buys and two sells (88 times
+    that limit traded) are allocated exactly: with two bought the book is past int64's safe
+    range and the fills take the exact Python path."""
+    book = Book(TICKERS, small_book=0)
+    book.set_split(split_of(a=50, b=30, c=20))
+    for n in range(20):
+        for leg in range(2):
+            bought = book.submit(Fill(f"buy-{n}-{leg}", "AAPL", PRICE_MILLION, 1_100_000))
+            assert bought.shares == (("a", 550_000), ("b", 330_000), ("c", 220_000))
+        for leg in range(2):
+            sold = book.submit(Fill(f"sell-{n}-{leg}", "AAPL", PRICE_MILLION, 1_100_000, Side.SELL))
+            assert sold.shares == (("a", 550_000), ("b", 330_000), ("c", 220_000))
+    book.submit(Fill("tiny", "AAPL", 1_000_000, 1))
+    assert sum(book.submit(Fill("unwind", "AAPL", 1_000_000, 1, Side.SELL)).quantities) == 1
+    snapshot = book.snapshot()
+    assert snapshot.total_value == 0
+    assert snapshot.tickers == (("AAPL", 0, 1_000_000),)
+
+
+def test_a_fill_past_what_an_account_can_store_is_refused_and_changes_nothing() -> None:
+    book = Book(TICKERS)
+    book.set_split(split_of(a=100))
+    for n in range(4):
+        book.submit(Fill(f"f{n}", "AAPL", PRICE_MILLION, 1_100_000))
+    before = book.snapshot()
+    with pytest.raises(Rejected) as refused:
+        book.submit(Fill("too-much", "AAPL", PRICE_MILLION, 1_100_000))
+    assert refused.value.reason is RejectReason.LIMIT_EXCEEDED
+    assert "net value past" in refused.value.message
+    assert book.snapshot() == before
+    assert book.submit(Fill("unwind", "AAPL", PRICE_MILLION, 1, Side.SELL)).quantities == (1,)

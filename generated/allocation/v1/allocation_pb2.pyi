@@ -91,8 +91,10 @@ class _RejectionReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Rejec
     REJECTION_REASON_CONFLICTING_DUPLICATE: _RejectionReason.ValueType  # 3
     """The id was used before with different content (unary: ALREADY_EXISTS)."""
     REJECTION_REASON_LIMIT_EXCEEDED: _RejectionReason.ValueType  # 4
-    """The fill would take the journal's gross traded value (sum of price x quantity of all
-    fills) past its limit of about 1.15e12 (unary: FAILED_PRECONDITION). Start a new journal.
+    """The fill could take one account's net value (cost of what it holds, per account and per
+    ticker) past what the book stores, 2^62 micro-units (about 4.6e12 in price units); nothing
+    changed (unary: FAILED_PRECONDITION). Sells that reduce holdings remain possible. Lifetime
+    traded value is not limited.
     """
     REJECTION_REASON_TOO_LARGE: _RejectionReason.ValueType  # 5
     """The message, or the acknowledgement it would need, exceeds a size limit (fills per message,
@@ -129,8 +131,10 @@ REJECTION_REASON_INSUFFICIENT_HOLDINGS: RejectionReason.ValueType  # 2
 REJECTION_REASON_CONFLICTING_DUPLICATE: RejectionReason.ValueType  # 3
 """The id was used before with different content (unary: ALREADY_EXISTS)."""
 REJECTION_REASON_LIMIT_EXCEEDED: RejectionReason.ValueType  # 4
-"""The fill would take the journal's gross traded value (sum of price x quantity of all
-fills) past its limit of about 1.15e12 (unary: FAILED_PRECONDITION). Start a new journal.
+"""The fill could take one account's net value (cost of what it holds, per account and per
+ticker) past what the book stores, 2^62 micro-units (about 4.6e12 in price units); nothing
+changed (unary: FAILED_PRECONDITION). Sells that reduce holdings remain possible. Lifetime
+traded value is not limited.
 """
 REJECTION_REASON_TOO_LARGE: RejectionReason.ValueType  # 5
 """The message, or the acknowledgement it would need, exceeds a size limit (fills per message,
@@ -178,8 +182,8 @@ class Fill(_message.Message):
     most 1000000, e.g. "101.25". No exponent, no sign, no thousands separators.
     """
     quantity: _builtins.int
-    """Whole shares executed, 1 to 10000000000. quantity * price must not exceed the controller's
-    value limit (about 1.15e12 in price units).
+    """Whole shares executed, 1 to 10000000000. There is no limit on the value traded over a
+    journal's life; see REJECTION_REASON_LIMIT_EXCEEDED for the one bound that remains.
     """
     side: Global___Side.ValueType
     """SIDE_BUY or SIDE_SELL; required (SIDE_UNSPECIFIED is refused)."""
