@@ -13,6 +13,7 @@ are looked up by id on demand, so memory does not grow with the journal.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
 import json
 import logging
@@ -252,7 +253,9 @@ class Journal:
                 f" versions 1 and {SCHEMA_VERSION}"
             )
         if tables:
-            problems = [row[0] for row in db.execute("PRAGMA quick_check(5)")]
+            # On a connection of its own, which takes the pages it read with it when closed.
+            with contextlib.closing(sqlite3.connect(path)) as checker:
+                problems = [row[0] for row in checker.execute("PRAGMA quick_check(5)")]
             if problems != ["ok"]:
                 raise JournalDamaged(f"{path} fails its integrity check: {'; '.join(problems)}")
         db.execute("PRAGMA journal_mode=WAL")

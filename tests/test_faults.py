@@ -7,6 +7,7 @@ NOT_SERVING and the exit status (0 stopped, 1 journal failed, 2 cannot start, 3 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import signal
@@ -16,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, TimeoutError
 from pathlib import Path
 
@@ -265,6 +266,53 @@ def test_a_journal_read_fault_fails_every_queued_request_at_once(
     journal.close()
 
 
+def test_a_journal_damaged_while_running_stops_the_controller_with_exit_1(
+    tmp_path: Path, programs: list[Program]
+) -> None:
+    """Pages of the journal overwritten under a running controller: the next lookup that reads
+    them fails the writer, every call ends UNAVAILABLE with the real error, health goes
+    NOT_SERVING, the process exits 1, and the restart refuses the damaged journal (exit 3)."""
+    db = _journal_with_fills(tmp_path, programs, batches=300)
+    # After the clean stop the whole journal is in the main file: lookups now read it from disk.
+    controller = start_controller(programs, db)
+    channel, stub = connect(controller.wait_listening())
+    statuses = _watch_health(channel)
+    size = db.stat().st_size
+    with db.open("r+b") as damaged:
+        damaged.seek(size // 4)
+        damaged.write(os.urandom(size // 2))
+    resent = [[fill(f"j-{b}-{n}", quantity=10 + n) for n in range(100)] for b in range(300)]
+    with pytest.raises(grpc.RpcError) as raised:
+        for batch in resent:
+            list(stub.StreamFills(iter([controller_service_pb2.StreamFillsRequest(fills=batch)])))
+    assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "malformed" in str(raised.value.details())
+    assert controller.process.wait(20) == 1
+    assert health_pb2.HealthCheckResponse.NOT_SERVING in statuses()
+    channel.close()
+    assert run_program("controller", "--port=0", f"--db={db}").returncode == 3
+
+
+def _watch_health(channel: grpc.Channel) -> Callable[[], list[int]]:
+    """Follow the server's health; the returned function gives every status seen once the
+    server has gone."""
+    watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest())
+    seen: list[int] = []
+
+    def follow() -> None:
+        with contextlib.suppress(grpc.RpcError):  # the server went away
+            seen.extend(answer.status for answer in watch)
+
+    watcher = threading.Thread(target=follow, name="health-watch", daemon=True)
+    watcher.start()
+
+    def statuses() -> list[int]:
+        watcher.join(10)
+        return seen
+
+    return statuses
+
+
 def test_a_full_disk_ends_every_call_goes_not_serving_and_exits_1(
     tmp_path: Path, programs: list[Program]
 ) -> None:
@@ -277,12 +325,7 @@ def test_a_full_disk_ends_every_call_goes_not_serving_and_exits_1(
     limit = 2 * 1024 * 1024
     resource.prlimit(process.pid, resource.RLIMIT_FSIZE, (limit, limit))
     stub.SetAumSplit(split_request(SPLIT))
-    watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest())
-    statuses: list[int] = []
-    watcher = threading.Thread(
-        target=lambda: statuses.extend(_statuses(watch)), name="health-watch", daemon=True
-    )
-    watcher.start()
+    statuses = _watch_health(channel)
     acknowledged: list[str] = []
     code = None
     for batch in range(2_000):
@@ -302,8 +345,7 @@ def test_a_full_disk_ends_every_call_goes_not_serving_and_exits_1(
             break
     assert code == grpc.StatusCode.UNAVAILABLE
     assert process.wait(20) == 1
-    watcher.join(10)
-    assert health_pb2.HealthCheckResponse.NOT_SERVING in statuses
+    assert health_pb2.HealthCheckResponse.NOT_SERVING in statuses()
     critical = [e for e in controller.entries if e.get("level") == "critical"]
     assert critical, "the failure must be logged"
     error_text = " ".join(str(e.get("error", "")) + str(e.get("message", "")) for e in critical)
@@ -321,16 +363,6 @@ def test_a_full_disk_ends_every_call_goes_not_serving_and_exits_1(
     assert positions(stub).fill_count >= len(acknowledged)
     channel.close()
     assert restarted.stop(signal.SIGTERM) == 0
-
-
-def _statuses(watch: Iterator[health_pb2.HealthCheckResponse]) -> list[int]:
-    seen = []
-    try:
-        for answer in watch:
-            seen.append(answer.status)
-    except grpc.RpcError:
-        pass  # the server went away
-    return seen
 
 
 # 5. One writer per journal.
@@ -352,13 +384,14 @@ def test_a_second_controller_on_the_same_journal_exits_2_naming_the_holder(
 # 6. A damaged journal is refused with its own exit status.
 
 
-def _journal_with_fills(tmp_path: Path, programs: list[Program]) -> Path:
+def _journal_with_fills(tmp_path: Path, programs: list[Program], batches: int = 30) -> Path:
+    """A journal of ``batches`` x 100 fills, written by a controller that stopped cleanly."""
     db = tmp_path / "journal.db"
     controller = start_controller(programs, db)
     channel, stub = connect(controller.wait_listening())
     stub.SetAumSplit(split_request(SPLIT))
-    batches = [[fill(f"j-{b}-{n}", quantity=10 + n) for n in range(100)] for b in range(30)]
-    list(stub.StreamFills(controller_service_pb2.StreamFillsRequest(fills=b) for b in batches))
+    sent = [[fill(f"j-{b}-{n}", quantity=10 + n) for n in range(100)] for b in range(batches)]
+    list(stub.StreamFills(controller_service_pb2.StreamFillsRequest(fills=b) for b in sent))
     channel.close()
     assert controller.stop(signal.SIGTERM) == 0
     return db
