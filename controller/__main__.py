@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Sequence
@@ -156,9 +157,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if isinstance(journal, int):
         return journal
     writer_failed = threading.Event()
-    sequencer = Sequencer(
-        Book(args.tickers), journal, args.checkpoint_interval, on_failure=writer_failed.set
-    )
+    try:
+        sequencer = Sequencer(
+            Book(args.tickers), journal, args.checkpoint_interval, on_failure=writer_failed.set
+        )
+        journal.check_integrity()
+    except (JournalDamaged, sqlite3.DatabaseError) as error:
+        log.critical("journal damaged; restore it from a backup: %s", error)
+        journal.close()
+        return EXIT_JOURNAL_DAMAGED
     counters = sequencer.counters
     # The recovered book lives as long as the process: keep the collector from walking it on
     # every full collection (a pause of ~100 ms per pass at 100,000 accounts).

@@ -216,6 +216,7 @@ class Journal:
         """
         path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = JournalLock(path) if lock else None
+        self._integrity: _IntegrityCheck | None = None
         try:
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             try:
@@ -253,15 +254,17 @@ class Journal:
                 f" versions 1 and {SCHEMA_VERSION}"
             )
         if tables:
-            # On a connection of its own, which takes the pages it read with it when closed.
-            with contextlib.closing(sqlite3.connect(path)) as checker:
-                problems = [row[0] for row in checker.execute("PRAGMA quick_check(5)")]
-            if problems != ["ok"]:
-                raise JournalDamaged(f"{path} fails its integrity check: {'; '.join(problems)}")
+            self._integrity = _IntegrityCheck(path)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(f"PRAGMA synchronous={synchronous}")
         db.execute("PRAGMA wal_autocheckpoint=0")
         return version
+
+    def check_integrity(self) -> None:
+        """Wait for the integrity check begun when the journal was opened (it reads the whole
+        file on its own connection, beside recovery); ``JournalDamaged`` if it failed."""
+        if self._integrity is not None:
+            self._integrity.result()
 
     def close(self) -> None:
         """Stop the WAL checkpointer and close the database (everything written is committed).
@@ -488,3 +491,30 @@ class _WalCheckpointer:
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         finally:
             self._db.close()
+
+
+class _IntegrityCheck:
+    """``PRAGMA quick_check`` in a thread on a connection of its own: it runs beside recovery
+    (SQLite releases the GIL), and the pages it reads leave with its connection instead of
+    filling the writer's cache."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._problems: list[str] = []
+        self._thread = threading.Thread(target=self._run, name="integrity-check", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            with contextlib.closing(sqlite3.connect(self._path)) as checker:
+                self._problems = [row[0] for row in checker.execute("PRAGMA quick_check(5)")]
+        except sqlite3.DatabaseError as error:
+            self._problems = [str(error)]
+
+    def result(self) -> None:
+        """Wait for the check; ``JournalDamaged`` naming the first problems if it failed."""
+        self._thread.join()
+        if self._problems != ["ok"]:
+            raise JournalDamaged(
+                f"{self._path} fails its integrity check: {'; '.join(self._problems)}"
+            )

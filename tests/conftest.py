@@ -117,6 +117,21 @@ def reporter_factory(
         reporter.stop()
 
 
+def connect(port: int) -> tuple[grpc.Channel, controller_service_pb2_grpc.ControllerServiceStub]:
+    """A channel to the controller on ``port`` and its stub (the caller closes the channel)."""
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    return channel, controller_service_pb2_grpc.ControllerServiceStub(channel)
+
+
+def current_positions(
+    stub: controller_service_pb2_grpc.ControllerServiceStub,
+) -> allocation_pb2.PositionReport:
+    """The first page of the current positions, without its generation time (to compare)."""
+    report = stub.GetPositions(controller_service_pb2.GetPositionsRequest()).report
+    report.ClearField("generate_time")
+    return report
+
+
 def split_request(
     percents: dict[str, str], split_id: str = ""
 ) -> controller_service_pb2.SetAumSplitRequest:

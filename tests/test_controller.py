@@ -25,17 +25,12 @@ from controller.service import STREAM_PIPELINE_DEPTH
 from tests.conftest import (
     FakePositionServer,
     RunningController,
+    current_positions,
     fill,
     split_request,
 )
 
 SPLIT = {"acct-a": "50", "acct-b": "30", "acct-c": "20"}
-
-
-def positions(controller: RunningController) -> allocation_pb2.PositionReport:
-    report = controller.stub.GetPositions(controller_service_pb2.GetPositionsRequest()).report
-    report.ClearField("generate_time")
-    return report
 
 
 def submit(
@@ -57,7 +52,7 @@ def test_unary_fill_is_allocated_in_whole_shares_by_split(controller: RunningCon
         "acct-c": 20,
     }
     assert allocation.fill.price == "10.5"
-    report = positions(controller)
+    report = current_positions(controller.stub)
     assert report.fill_count == 1
     assert report.total_value == "1050"
     assert [(a.account, a.value, a.target_percent) for a in report.accounts] == [
@@ -103,7 +98,7 @@ def test_bad_fill_in_a_stream_is_rejected_in_band_and_the_stream_continues(
     controller: RunningController,
 ) -> None:
     controller.stub.SetAumSplit(split_request(SPLIT))
-    before = positions(controller)
+    before = current_positions(controller.stub)
     bad = fill("bad", price="ten")
     responses = stream(controller, [[fill("ok-1"), bad, fill("ok-2")], [fill("ok-3")]])
     first = responses[0].results
@@ -114,7 +109,7 @@ def test_bad_fill_in_a_stream_is_rejected_in_band_and_the_stream_continues(
     assert "'ten'" in first[1].rejection.message
     assert first[2].WhichOneof("outcome") == "allocation"
     assert responses[1].results[0].WhichOneof("outcome") == "allocation"
-    assert positions(controller).fill_count == before.fill_count + 3
+    assert current_positions(controller.stub).fill_count == before.fill_count + 3
 
 
 def test_concurrent_fill_streams_and_split_stream_share_one_order(
@@ -162,7 +157,7 @@ def test_concurrent_fill_streams_and_split_stream_share_one_order(
     assert all(r.WhichOneof("outcome") == "allocation" for r in all_results)
     sequences = [r.allocation.sequence for r in all_results]
     assert len(set(sequences)) == len(sequences)
-    report = positions(controller)
+    report = current_positions(controller.stub)
     sent = sum(7 + i for i in range(50)) * 8 * 4
     assert {t.ticker: t.quantity for t in report.tickers} == {"MSFT": sent}
 
@@ -172,11 +167,11 @@ def test_resent_fill_returns_original_allocation_and_changes_nothing(
 ) -> None:
     controller.stub.SetAumSplit(split_request(SPLIT))
     first = submit(controller, fill("dup-1", quantity=77))
-    before = positions(controller)
+    before = current_positions(controller.stub)
     again = submit(controller, fill("dup-1", quantity=77))
     assert again.WhichOneof("outcome") == "duplicate"
     assert again.duplicate == first.allocation
-    assert positions(controller) == before
+    assert current_positions(controller.stub) == before
     in_stream = stream(controller, [[fill("dup-1", quantity=77)]])[0].results[0]
     assert in_stream.WhichOneof("outcome") == "duplicate"
     assert in_stream.duplicate == first.allocation
@@ -188,7 +183,7 @@ def test_fills_before_the_first_split_are_pending_then_allocated(
     pending = [submit(controller, fill(f"early-{i}", quantity=10)).allocation for i in range(3)]
     assert all(a.status == allocation_pb2.FILL_STATUS_PENDING for a in pending)
     assert all(not a.allocations for a in pending)
-    assert positions(controller).pending_fill_count == 3
+    assert current_positions(controller.stub).pending_fill_count == 3
     controller.stub.SetAumSplit(split_request({"x": "60", "y": "40"}))
     for early in pending:
         looked_up = controller.stub.GetFillAllocation(
@@ -197,7 +192,7 @@ def test_fills_before_the_first_split_are_pending_then_allocated(
         assert looked_up.status == allocation_pb2.FILL_STATUS_ALLOCATED
         assert looked_up.sequence == early.sequence
         assert sum(a.quantity for a in looked_up.allocations) == 10
-    report = positions(controller)
+    report = current_positions(controller.stub)
     assert report.fill_count == 3
     assert report.pending_fill_count == 0
     assert {t.ticker: t.quantity for t in report.tickers} == {"AAPL": 30}
@@ -305,7 +300,7 @@ def test_bad_fill_fails_with_code_message_and_details_and_changes_nothing(
 ) -> None:
     controller.stub.SetAumSplit(split_request(SPLIT))
     submit(controller, fill("known", quantity=100))
-    before = positions(controller)
+    before = current_positions(controller.stub)
     with pytest.raises(grpc.RpcError) as raised:
         submit(controller, message)
     error = raised.value
@@ -323,7 +318,7 @@ def test_bad_fill_fails_with_code_message_and_details_and_changes_nothing(
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         bad_request: Any = details["BadRequest"]
         assert bad_request.field_violations[0].field == field
-    assert positions(controller) == before
+    assert current_positions(controller.stub) == before
     if message.fill_id not in ("", "a b", "known"):
         with pytest.raises(grpc.RpcError) as lookup:
             controller.stub.GetFillAllocation(
@@ -350,7 +345,7 @@ def test_bad_split_fails_invalid_argument_and_keeps_previous_split(
     controller: RunningController, case: str, percents: dict[str, str], field: str, value: str
 ) -> None:
     controller.stub.SetAumSplit(split_request(SPLIT, split_id="good"))
-    before = positions(controller)
+    before = current_positions(controller.stub)
     with pytest.raises(grpc.RpcError) as raised:
         controller.stub.SetAumSplit(split_request(percents))
     error = raised.value
@@ -360,8 +355,8 @@ def test_bad_split_fails_invalid_argument_and_keeps_previous_split(
     detail = _details(error)["BadRequest"]
     assert isinstance(detail, error_details_pb2.BadRequest)
     assert detail.field_violations[0].field == field
-    assert positions(controller) == before
-    assert positions(controller).split_id == "good"
+    assert current_positions(controller.stub) == before
+    assert current_positions(controller.stub).split_id == "good"
 
 
 def test_split_id_reused_with_other_percentages_is_already_exists(
@@ -390,7 +385,7 @@ def test_split_stream_rejects_in_band_and_continues(controller: RunningControlle
     assert answers[1].rejection.reason == allocation_pb2.REJECTION_REASON_INVALID_ARGUMENT
     assert answers[1].rejection.field == "split.percentages"
     assert answers[2].accepted.sequence > answers[0].accepted.sequence
-    assert positions(controller).split_id == answers[2].accepted.split_id
+    assert current_positions(controller.stub).split_id == answers[2].accepted.split_id
 
 
 def test_unknown_fill_is_not_found(controller: RunningController) -> None:

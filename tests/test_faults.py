@@ -32,7 +32,16 @@ from controller.journal import Journal, StoredFill
 from controller.sequencer import Sequencer, SequencerStopped
 from controller.service import DEFAULT_MAX_STREAMS
 from simulators.__main__ import parse_args as simulator_args
-from tests.conftest import ROOT, Program, RunningController, fill, split_request, start_program
+from tests.conftest import (
+    ROOT,
+    Program,
+    RunningController,
+    connect,
+    current_positions,
+    fill,
+    split_request,
+    start_program,
+)
 from tests.strategies import TICKERS
 
 SPLIT = {"a": "50", "b": "30", "c": "20"}
@@ -52,11 +61,6 @@ def start_controller(programs: list[Program], db: Path, *options: str) -> Progra
     return program
 
 
-def connect(port: int) -> tuple[grpc.Channel, Stub]:
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    return channel, Stub(channel)
-
-
 def run_program(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """A program run to completion (here: one expected to refuse to start)."""
     return subprocess.run(
@@ -67,12 +71,6 @@ def run_program(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[
         timeout=timeout,
         check=False,
     )
-
-
-def positions(stub: Stub) -> allocation_pb2.PositionReport:
-    report = stub.GetPositions(controller_service_pb2.GetPositionsRequest()).report
-    report.ClearField("generate_time")
-    return report
 
 
 # 1. A split without an id must never take an id a client already used.
@@ -88,12 +86,12 @@ def test_an_assigned_split_id_never_collides_with_a_client_id(
     # assigned at sequence 2.
     assert stub.SetAumSplit(split_request(SPLIT, split_id="split-2")).accepted.sequence == 1
     assert stub.SetAumSplit(split_request({"a": "100"})).accepted.split_id == "split#2"
-    before = positions(stub)
+    before = current_positions(stub)
     with pytest.raises(grpc.RpcError) as raised:
         stub.SetAumSplit(split_request(SPLIT, split_id="split#3"))
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "split.split_id 'split#3' must be 1-64 characters" in str(raised.value.details())
-    assert positions(stub) == before
+    assert current_positions(stub) == before
     channel.close()
     assert controller.stop(signal.SIGTERM) == 0
     again = start_controller(programs, db)
@@ -205,7 +203,7 @@ def test_a_bad_timestamp_mid_stream_is_refused_in_band_and_later_fills_are_alloc
     )
     assert answers[0].rejection.field == "split.effective_time"
     assert answers[1].accepted.split_id == "fine"
-    assert positions(stub).fill_count == 2
+    assert current_positions(stub).fill_count == 2
     channel.close()
     assert controller.stop(signal.SIGTERM) == 0
 
@@ -360,7 +358,7 @@ def test_a_full_disk_ends_every_call_goes_not_serving_and_exits_1(
             controller_service_pb2.GetFillAllocationRequest(fill_id=fill_id)
         )
         assert found.allocation.status == allocation_pb2.FILL_STATUS_ALLOCATED
-    assert positions(stub).fill_count >= len(acknowledged)
+    assert current_positions(stub).fill_count >= len(acknowledged)
     channel.close()
     assert restarted.stop(signal.SIGTERM) == 0
 
@@ -525,7 +523,7 @@ def test_30_sigterm_start_stop_cycles_all_exit_0_promptly(
         assert time.monotonic() - started < 10
     last = start_controller(programs, db)
     channel, stub = connect(last.wait_listening())
-    assert positions(stub).pending_fill_count == 30
+    assert current_positions(stub).pending_fill_count == 30
     channel.close()
     assert last.stop(signal.SIGTERM) == 0
 

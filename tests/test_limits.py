@@ -19,7 +19,7 @@ from controller.paging import MAX_PAGE_BYTES
 from controller.sequencer import FillOutcome
 from controller.service import _write_result
 from controller.wire import fill_result_bound
-from tests.conftest import RunningController, fill, split_request
+from tests.conftest import RunningController, current_positions, fill, split_request
 
 # A default client refuses a response over this.
 DEFAULT_RECEIVE_LIMIT = 4 * 1024 * 1024
@@ -36,18 +36,11 @@ def equal_split(accounts: int, name_length: int = 9) -> dict[str, str]:
     }
 
 
-def positions_total(controller: RunningController) -> allocation_pb2.PositionReport:
-    page = controller.stub.GetPositions(controller_service_pb2.GetPositionsRequest())
-    report = page.report
-    report.ClearField("generate_time")
-    return report
-
-
 def test_a_message_over_the_fill_limit_is_refused_whole_once_and_the_stream_continues(
     controller: RunningController,
 ) -> None:
     controller.stub.SetAumSplit(split_request({"a": "50", "b": "50"}))
-    before = positions_total(controller)
+    before = current_positions(controller.stub)
     oversized = [fill(f"big-{n}", quantity=1) for n in range(MAX_FILLS_PER_MESSAGE + 1)]
     requests = [
         controller_service_pb2.StreamFillsRequest(fills=oversized),
@@ -66,7 +59,7 @@ def test_a_message_over_the_fill_limit_is_refused_whole_once_and_the_stream_cont
             controller_service_pb2.GetFillAllocationRequest(fill_id="big-0")
         )
     assert lookup.value.code() == grpc.StatusCode.NOT_FOUND
-    after = positions_total(controller)
+    after = current_positions(controller.stub)
     assert after.fill_count == before.fill_count + 1
 
 
@@ -92,7 +85,7 @@ def test_a_message_whose_acknowledgement_could_exceed_4_mib_is_refused_whole(
     assert match is not None
     fitting = int(match.group(1).replace(",", ""))
     assert 10 < fitting < 2_000
-    assert positions_total(controller).fill_count == 0
+    assert current_positions(controller.stub).fill_count == 0
     request = controller_service_pb2.StreamFillsRequest(fills=batch[:fitting])
     response = next(iter(controller.stub.StreamFills(iter([request]))))
     assert response.WhichOneof("outcome") == "batch"

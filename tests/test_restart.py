@@ -6,17 +6,18 @@ import signal
 import urllib.request
 from pathlib import Path
 
-import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from allocation.v1 import allocation_pb2, controller_service_pb2, controller_service_pb2_grpc
 from benchmarks.system import free_port
-from tests.conftest import Program, fill, split_request, start_program
-
-
-def connect(port: int) -> tuple[grpc.Channel, controller_service_pb2_grpc.ControllerServiceStub]:
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    return channel, controller_service_pb2_grpc.ControllerServiceStub(channel)
+from tests.conftest import (
+    Program,
+    connect,
+    current_positions,
+    fill,
+    split_request,
+    start_program,
+)
 
 
 def start_controller(db: Path, programs: list[Program], *options: str) -> Program:
@@ -38,8 +39,7 @@ def start_controller(db: Path, programs: list[Program], *options: str) -> Progra
 def snapshot(
     stub: controller_service_pb2_grpc.ControllerServiceStub,
 ) -> allocation_pb2.PositionReport:
-    report = stub.GetPositions(controller_service_pb2.GetPositionsRequest()).report
-    report.ClearField("generate_time")
+    report = current_positions(stub)
     report.ClearField("sequence")
     return report
 
