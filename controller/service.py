@@ -40,13 +40,18 @@ STREAM_PIPELINE_DEPTH = 8
 DEFAULT_MAX_STREAMS = 32
 
 
+def _unavailable(context: grpc.ServicerContext, stopped: SequencerStopped) -> NoReturn:
+    """End the call UNAVAILABLE: the writer has stopped (journal failure or shutdown)."""
+    abort(context, Rejected(RejectReason.UNAVAILABLE, "", str(stopped)), DOMAIN)
+
+
 @contextlib.contextmanager
 def _writer_running(context: grpc.ServicerContext) -> Iterator[None]:
-    """Answer UNAVAILABLE when the writer has stopped (journal failure or shutdown)."""
+    """Answer UNAVAILABLE when the writer has stopped."""
     try:
         yield
     except SequencerStopped as stopped:
-        abort(context, Rejected(RejectReason.UNAVAILABLE, "", str(stopped)), DOMAIN)
+        _unavailable(context, stopped)
 
 
 def _end_stream(context: grpc.ServicerContext, failure: BaseException) -> NoReturn:
@@ -54,7 +59,7 @@ def _end_stream(context: grpc.ServicerContext, failure: BaseException) -> NoRetu
     stopped, INTERNAL (logged) for anything else. Never silently, so a resending client sends
     the unanswered messages again."""
     if isinstance(failure, SequencerStopped):
-        abort(context, Rejected(RejectReason.UNAVAILABLE, "", str(failure)), DOMAIN)
+        _unavailable(context, failure)
     log.error("stream message failed unexpectedly", exc_info=failure)
     context.abort(
         grpc.StatusCode.INTERNAL,
