@@ -129,7 +129,7 @@ def title(report: allocation_pb2.PositionReport) -> str:
     pending = f" ({report.pending_fill_count:,} pending)" if report.pending_fill_count else ""
     return (
         f"Positions report #{report.sequence} at {generated} | split"
-        f" {report.split_id or '(none)'} | {report.fill_count:,} fills allocated{pending}"
+        f" {report.split_id or '(none)'} | {report.fill_count:,} fills{pending}"
         f" | journal {report.journal_id[:8]}"
     )
 

@@ -213,7 +213,7 @@ def test_table_shows_accounts_tickers_values_and_totals(
 ) -> None:
     send(position_service, report(1, ["-0.5", "0.25"]))
     printed = position_service.output.getvalue()
-    assert "split s1" in printed and "10 fills allocated" in printed
+    assert "split s1" in printed and "| 10 fills |" in printed
     for header in (
         "account",
         "target %",
