@@ -13,7 +13,7 @@ from pathlib import Path
 
 from prometheus_client import start_http_server
 
-from allocation.v1 import controller_service_pb2, controller_service_pb2_grpc
+from allocation.v1 import controller_service_pb2_grpc
 from controller.book import Book
 from controller.journal import (
     Journal,
@@ -26,6 +26,7 @@ from controller.reporter import Reporter
 from controller.sequencer import Sequencer
 from controller.service import DEFAULT_MAX_STREAMS, ControllerService
 from controller.serving import (
+    CONTROLLER_SERVICE,
     LOG_LEVELS,
     UNARY_WORKERS,
     configure_logging,
@@ -40,8 +41,6 @@ from controller.serving import (
 from controller.validation import DEFAULT_TICKERS
 
 log = logging.getLogger("controller")
-
-SERVICE_NAME = controller_service_pb2.DESCRIPTOR.services_by_name["ControllerService"].full_name
 
 
 # Exit statuses (README: "Exit statuses"), so a supervisor can tell what to do.
@@ -183,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         server, health, port = create_server(
-            f"{args.host}:{args.port}", [SERVICE_NAME], args.max_streams + UNARY_WORKERS
+            f"{args.host}:{args.port}", [CONTROLLER_SERVICE], args.max_streams + UNARY_WORKERS
         )
         if args.metrics_port:
             start_http_server(args.metrics_port, addr=args.host)
@@ -200,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sequencer, args.position_address, args.report_interval, args.report_deadline
     )
     reporter.start()
-    set_serving(health, [SERVICE_NAME])
+    set_serving(health, [CONTROLLER_SERVICE])
     log.info("listening", extra={"port": port, "host": args.host, "tickers": list(args.tickers)})
     signum = wait_for_signal(writer_failed)
     failed = signum is None

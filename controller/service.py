@@ -28,12 +28,12 @@ from controller.listings import Listings
 from controller.metrics import FILLS, SPLITS
 from controller.paging import decode_token, encode_token, fill_page, listing_expired, page_size
 from controller.sequencer import FillOutcome, Sequencer, SequencerStopped, SplitOutcome
+from controller.serving import CONTROLLER_SERVICE
 from controller.validation import FILL_ID_MAX, parse_fill, parse_split, require_fill_id
 from controller.wire import fill_result_bound, report_header, write_account, write_allocation
 
 log = logging.getLogger(__name__)
 
-DOMAIN = controller_service_pb2.DESCRIPTOR.services_by_name["ControllerService"].full_name
 # Messages of one stream validated and queued ahead of the one being answered.
 STREAM_PIPELINE_DEPTH = 8
 # Open streams served at once: each holds a server thread while it is open, idle or not.
@@ -42,7 +42,7 @@ DEFAULT_MAX_STREAMS = 32
 
 def _unavailable(context: grpc.ServicerContext, stopped: SequencerStopped) -> NoReturn:
     """End the call UNAVAILABLE: the writer has stopped (journal failure or shutdown)."""
-    abort(context, Rejected(RejectReason.UNAVAILABLE, "", str(stopped)), DOMAIN)
+    abort(context, Rejected(RejectReason.UNAVAILABLE, "", str(stopped)), CONTROLLER_SERVICE)
 
 
 @contextlib.contextmanager
@@ -139,7 +139,7 @@ class ControllerService(controller_service_pb2_grpc.ControllerServiceServicer):
                     f"the controller serves at most {self._max_streams} streams at once"
                     " (--max-streams); retry later",
                 ),
-                DOMAIN,
+                CONTROLLER_SERVICE,
             )
         try:
             yield
@@ -172,7 +172,7 @@ class ControllerService(controller_service_pb2_grpc.ControllerServiceServicer):
             outcome = FillOutcome(rejection=refused)
         _count_fills([outcome])
         if outcome.rejection is not None:
-            abort(context, outcome.rejection, DOMAIN, "allocation.v1.Fill")
+            abort(context, outcome.rejection, CONTROLLER_SERVICE, "allocation.v1.Fill")
         assert outcome.stored is not None
         response = controller_service_pb2.SubmitFillResponse()
         allocation = response.duplicate if outcome.duplicate else response.allocation
@@ -279,7 +279,7 @@ class ControllerService(controller_service_pb2_grpc.ControllerServiceServicer):
         self, request: controller_service_pb2.SetAumSplitRequest, context: grpc.ServicerContext
     ) -> controller_service_pb2.SetAumSplitResponse:
         """Put a new split in force for every later fill."""
-        with refusals_abort(context, DOMAIN, "allocation.v1.AumSplit"):
+        with refusals_abort(context, CONTROLLER_SERVICE, "allocation.v1.AumSplit"):
             outcome = self._set_split(context, request.split)
         if outcome.duplicate:
             return controller_service_pb2.SetAumSplitResponse(duplicate=_receipt(outcome))
@@ -328,7 +328,7 @@ class ControllerService(controller_service_pb2_grpc.ControllerServiceServicer):
         self, request: controller_service_pb2.GetPositionsRequest, context: grpc.ServicerContext
     ) -> controller_service_pb2.GetPositionsResponse:
         """One page of the current positions; every page of a listing reads one snapshot."""
-        with refusals_abort(context, DOMAIN):
+        with refusals_abort(context, CONTROLLER_SERVICE):
             size = page_size(request.page_size)
             if request.page_token:
                 key, start = decode_token(request.page_token)
@@ -363,7 +363,7 @@ class ControllerService(controller_service_pb2_grpc.ControllerServiceServicer):
         context: grpc.ServicerContext,
     ) -> controller_service_pb2.GetFillAllocationResponse:
         """One fill's allocation from the journal, or NOT_FOUND."""
-        with refusals_abort(context, DOMAIN, "allocation.v1.Fill"):
+        with refusals_abort(context, CONTROLLER_SERVICE, "allocation.v1.Fill"):
             require_fill_id(request.fill_id, "fill_id")
             with _writer_running(context):
                 stored = self._sequencer.lookup(request.fill_id)

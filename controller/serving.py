@@ -20,6 +20,13 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from allocation.v1 import controller_service_pb2, position_service_pb2
+
+# The services' full names: what health reports on, and the domain of their ErrorInfo.
+CONTROLLER_SERVICE = controller_service_pb2.DESCRIPTOR.services_by_name[
+    "ControllerService"
+].full_name
+POSITION_SERVICE = position_service_pb2.DESCRIPTOR.services_by_name["PositionService"].full_name
 # Threads beyond the open streams' (each holds one), so health checks and unary calls are
 # answered however many streams are open.
 UNARY_WORKERS = 32

@@ -51,8 +51,9 @@ def shown(value: str) -> str:
     return f"{value[:ECHO_MAX]!r}... ({len(value):,} characters)"
 
 
-def _timestamp_ns(stamp: Timestamp, field: str) -> int:
-    """Nanoseconds of a set timestamp, refused unless it is a valid Timestamp."""
+def timestamp_ns(stamp: Timestamp, field: str) -> int:
+    """Nanoseconds of a set timestamp; ``Rejected`` naming ``field`` unless it is a valid
+    Timestamp."""
     if stamp.seconds not in TIMESTAMP_SECONDS or not 0 <= stamp.nanos < 1_000_000_000:
         raise _invalid(
             field,
@@ -116,7 +117,7 @@ def parse_fill(message: allocation_pb2.Fill, tickers: Sequence[str], field: str 
         quantity=message.quantity,
         side=side,
         execute_time_ns=(
-            _timestamp_ns(message.execute_time, f"{field}.execute_time")
+            timestamp_ns(message.execute_time, f"{field}.execute_time")
             if message.HasField("execute_time")
             else None
         ),
@@ -172,7 +173,7 @@ def parse_split(message: allocation_pb2.AumSplit, field: str = "split") -> Split
         split_id=message.split_id,
         percents=percents,
         effective_time_ns=(
-            _timestamp_ns(message.effective_time, f"{field}.effective_time")
+            timestamp_ns(message.effective_time, f"{field}.effective_time")
             if message.HasField("effective_time")
             else None
         ),

@@ -9,6 +9,7 @@ from controller.book import ReceiverBound
 from controller.domain import Allocation, Fill, Rejected, Side
 from controller.money import format_micro
 from controller.snapshot import AccountState, BookSnapshot
+from controller.validation import FILL_ID_MAX
 
 # Upper bound of a FillResult's bytes apart from its ids, ticker and receivers: framing,
 # status, split id (<= 64), sequence, price (<= 14 digits), quantity, side and execute time.
@@ -24,7 +25,8 @@ def fill_result_bound(item: Fill | Rejected, bound: ReceiverBound) -> int:
     allocation names at most ``bound.accounts`` accounts of at most ``bound.longest_name``
     characters (ids and names are ASCII, validated)."""
     if isinstance(item, Rejected):
-        return _REJECTION_FIXED + 2 * len(item.message) + len(item.field) + 2 * 128
+        # The echoed fill id is cut to FILL_ID_MAX (see controller.service._write_result).
+        return _REJECTION_FIXED + 2 * len(item.message) + len(item.field) + 2 * FILL_ID_MAX
     return (
         _FILL_RESULT_FIXED
         + 3 * len(item.fill_id)

@@ -9,9 +9,10 @@ from pathlib import Path
 
 from rich.console import Console
 
-from allocation.v1 import position_service_pb2, position_service_pb2_grpc
+from allocation.v1 import position_service_pb2_grpc
 from controller.serving import (
     LOG_LEVELS,
+    POSITION_SERVICE,
     configure_logging,
     create_server,
     non_negative_seconds,
@@ -25,7 +26,6 @@ from position.service import PositionService
 
 log = logging.getLogger("position")
 
-SERVICE_NAME = position_service_pb2.DESCRIPTOR.services_by_name["PositionService"].full_name
 # Width of the plain text written to a file or pipe: the default tables fit in it.
 PLAIN_WIDTH = 120
 
@@ -80,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         console = Console(width=PLAIN_WIDTH, no_color=True, highlight=False)
     options = RenderOptions(args.max_rows, args.per_ticker, plain)
     try:
-        server, health, port = create_server(f"{args.host}:{args.port}", [SERVICE_NAME])
+        server, health, port = create_server(f"{args.host}:{args.port}", [POSITION_SERVICE])
     except OSError as error:
         log.critical("cannot listen: %s", error)
         return 2
@@ -88,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         PositionService(console, options, args.jsonl), server
     )
     server.start()
-    set_serving(health, [SERVICE_NAME])
+    set_serving(health, [POSITION_SERVICE])
     log.info("listening", extra={"port": port, "host": args.host})
     signum = wait_for_signal()
     log.info("stopping", extra={"signal": signum})

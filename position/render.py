@@ -21,6 +21,7 @@ from rich.text import Text
 
 from allocation.v1 import allocation_pb2
 from controller.domain import Rejected, RejectReason
+from controller.validation import timestamp_ns
 
 PER_TICKER_CHOICES = ("none", "shares", "values")
 # A signed plain decimal, ASCII digits only: what the controller writes for every amount.
@@ -43,20 +44,10 @@ class RenderOptions:
     """ASCII borders (output is not a terminal)."""
 
 
-# Seconds of 0001-01-01 and 9999-12-31T23:59:59: what a Timestamp may hold.
-_SECONDS_RANGE = range(-62_135_596_800, 253_402_300_800)
-
-
 def check_report(report: allocation_pb2.PositionReport) -> None:
     """``Rejected`` naming the first field of ``report`` that cannot be shown: an amount that
     is not a plain decimal, or a time out of the Timestamp range."""
-    stamp = report.generate_time
-    if stamp.seconds not in _SECONDS_RANGE or not 0 <= stamp.nanos < 1_000_000_000:
-        raise Rejected(
-            RejectReason.INVALID_ARGUMENT,
-            "report.generate_time",
-            f"report.generate_time seconds={stamp.seconds} nanos={stamp.nanos} is out of range",
-        )
+    timestamp_ns(report.generate_time, "report.generate_time")
     fields = [("report.total_value", report.total_value)]
     fields.append(("report.total_market_value", report.total_market_value))
     fields += [

@@ -32,11 +32,11 @@ from controller.paging import (
     listing_expired,
     page_size,
 )
+from controller.serving import POSITION_SERVICE
 from position.render import RenderOptions, check_report, render_report
 
 log = logging.getLogger(__name__)
 
-DOMAIN = position_service_pb2.DESCRIPTOR.services_by_name["PositionService"].full_name
 # Journals whose newest sequence is remembered (the oldest-seen are forgotten beyond this).
 MAX_JOURNALS = 1_000
 
@@ -166,7 +166,7 @@ class PositionService(position_service_pb2_grpc.PositionServiceServicer):
         self, request: position_service_pb2.GetLatestReportRequest, context: grpc.ServicerContext
     ) -> position_service_pb2.GetLatestReportResponse:
         """One page of the report accepted most recently, or NOT_FOUND before the first."""
-        with refusals_abort(context, DOMAIN):
+        with refusals_abort(context, POSITION_SERVICE):
             size = page_size(request.page_size)
             if request.page_token:
                 key, start = decode_token(request.page_token)

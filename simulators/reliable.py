@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from controller.serving import CONTROLLER_SERVICE
+
 log = logging.getLogger(__name__)
 
 Request = TypeVar("Request")
@@ -27,8 +29,6 @@ Response = TypeVar("Response")
 
 FIRST_BACKOFF_SECONDS = 0.1
 MAX_BACKOFF_SECONDS = 5.0
-# The service whose health the stream waits for.
-CONTROLLER_SERVICE = "allocation.v1.ControllerService"
 # How long the controller may take to serve before the wait is logged.
 QUIET_WAIT_SECONDS = 5.0
 
