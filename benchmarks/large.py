@@ -30,6 +30,7 @@ from allocation.v1 import (
     position_service_pb2_grpc,
 )
 from benchmarks.system import TICKERS, Server, start
+from controller.transport import open_channel
 from simulators.aum import random_split
 
 REPORT_SECONDS = 2.0
@@ -50,7 +51,7 @@ def split_over(accounts: int) -> controller_service_pb2.SetAumSplitRequest:
 def acknowledgement_latencies(address: str, seconds: float, prefix: str) -> list[float]:
     """Submit buys one after another for ``seconds``; the latency of each acknowledgement."""
     latencies = []
-    with grpc.insecure_channel(address) as channel:
+    with open_channel(address) as channel:
         stub = controller_service_pb2_grpc.ControllerServiceStub(channel)
         started = time.perf_counter()
         n = 0
@@ -124,7 +125,7 @@ class LargeBookResult:
 
 def latest_report(position: Server) -> tuple[int, int]:
     """(sequence, total accounts) of the position service's latest report."""
-    with grpc.insecure_channel(position.address) as channel:
+    with open_channel(position.address) as channel:
         page = position_service_pb2_grpc.PositionServiceStub(channel).GetLatestReport(
             position_service_pb2.GetLatestReportRequest(page_size=1)
         )
@@ -155,7 +156,7 @@ def run(accounts: int, seconds: float) -> LargeBookResult:
             f"--report-interval={REPORT_SECONDS}",
             f"--position-address={position.address}",
         )
-        with grpc.insecure_channel(controller.address) as channel:
+        with open_channel(controller.address) as channel:
             stub = controller_service_pb2_grpc.ControllerServiceStub(channel)
             stub.SetAumSplit(split, timeout=120)
         acknowledgement_latencies(controller.address, 1.0, "warm")
@@ -170,7 +171,7 @@ def run(accounts: int, seconds: float) -> LargeBookResult:
         position.stop()
 
         quiet = start("controller", f"--db={workdir / 'quiet.db'}", "--report-interval=3600")
-        with grpc.insecure_channel(quiet.address) as channel:
+        with open_channel(quiet.address) as channel:
             controller_service_pb2_grpc.ControllerServiceStub(channel).SetAumSplit(
                 split, timeout=120
             )

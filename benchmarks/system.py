@@ -23,12 +23,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rich.console import Console
 from rich.table import Table
 
 from allocation.v1 import allocation_pb2, controller_service_pb2, controller_service_pb2_grpc
+from controller.transport import open_channel
 
 ROOT = Path(__file__).resolve().parent.parent
 SECONDS = 6.0
@@ -79,7 +79,7 @@ def start(module: str, *args: str, nice: int = 0) -> Server:
         stderr=subprocess.DEVNULL,
     )
     server = Server(process, port, started)
-    with grpc.insecure_channel(server.address) as channel:
+    with open_channel(server.address) as channel:
         health_pb2_grpc.HealthStub(channel).Check(
             health_pb2.HealthCheckRequest(), wait_for_ready=True, timeout=120
         )
@@ -88,7 +88,7 @@ def start(module: str, *args: str, nice: int = 0) -> Server:
 
 def time_to_serving(server: Server) -> float:
     """Seconds from process start until the health check answered SERVING."""
-    with grpc.insecure_channel(server.address) as channel:
+    with open_channel(server.address) as channel:
         while True:
             status = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(), wait_for_ready=True, timeout=120
@@ -101,7 +101,7 @@ def start_controller(db: Path, accounts: int) -> Server:
     """A controller on a fresh journal with a split over ``accounts`` equal accounts."""
     server = start("controller", f"--db={db}", "--report-interval=3600")
     percent = f"{100 / accounts:g}"
-    with grpc.insecure_channel(server.address) as channel:
+    with open_channel(server.address) as channel:
         controller_service_pb2_grpc.ControllerServiceStub(channel).SetAumSplit(
             controller_service_pb2.SetAumSplitRequest(
                 split=allocation_pb2.AumSplit(
@@ -148,7 +148,7 @@ def stream(
 
     acknowledged = 0
     started = time.perf_counter()
-    with grpc.insecure_channel(address) as channel:
+    with open_channel(address) as channel:
         stub = controller_service_pb2_grpc.ControllerServiceStub(channel)
         for response in stub.StreamFills(requests()):
             room.release()
@@ -201,7 +201,7 @@ def latency(workdir: Path, rate: float, seconds: float) -> LatencyRow:
     """SubmitFill sent on a fixed schedule of ``rate`` calls/s; latencies of every call."""
     controller = start_controller(workdir / "latency.db", 10)
     latencies = []
-    with grpc.insecure_channel(controller.address) as channel:
+    with open_channel(controller.address) as channel:
         stub = controller_service_pb2_grpc.ControllerServiceStub(channel)
         calls = int(rate * seconds)
         requests = [controller_service_pb2.SubmitFillRequest(fill=f) for f in fills("l", 0, calls)]

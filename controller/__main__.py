@@ -14,6 +14,7 @@ from pathlib import Path
 from prometheus_client import start_http_server
 
 from allocation.v1 import controller_service_pb2_grpc
+from controller.authorization import PolicyError
 from controller.book import Book
 from controller.journal import (
     Journal,
@@ -29,15 +30,18 @@ from controller.serving import (
     CONTROLLER_SERVICE,
     LOG_LEVELS,
     UNARY_WORKERS,
+    add_security_arguments,
     configure_logging,
     create_server,
     non_negative_seconds,
     port_number,
     positive_int,
     positive_seconds,
+    server_security,
     set_serving,
     wait_for_signal,
 )
+from controller.transport import TLSError, add_client_arguments, check_files, client_config
 from controller.validation import DEFAULT_TICKERS
 
 log = logging.getLogger("controller")
@@ -99,7 +103,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--metrics-port",
         type=port_number,
         default=0,
-        help="Prometheus metrics port on --host (0 = off)",
+        help="Prometheus metrics port on --metrics-host (0 = off)",
     )
     parser.add_argument(
         "--sync",
@@ -127,6 +131,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="seconds to let in-flight calls finish on shutdown",
     )
     parser.add_argument("--log-level", default="INFO", choices=LOG_LEVELS, help="logging level")
+    add_security_arguments(parser)
+    add_client_arguments(parser, "position-", "the position service")
     args = parser.parse_args(argv)
     args.tickers = tuple(t.strip() for t in args.tickers.split(",") if t.strip())
     if not args.tickers:
@@ -152,6 +158,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     configure_logging(args.log_level)
     started = time.perf_counter()
+    try:
+        tls, policy = server_security(args)
+        position_tls = client_config(args, "position-")
+        check_files(position_tls, "--position-")
+    except (TLSError, PolicyError) as error:
+        log.critical("cannot start: %s", error)
+        return EXIT_CANNOT_START
     journal = open_journal(args)
     if isinstance(journal, int):
         return journal
@@ -182,21 +195,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         server, health, port = create_server(
-            f"{args.host}:{args.port}", [CONTROLLER_SERVICE], args.max_streams + UNARY_WORKERS
+            f"{args.host}:{args.port}",
+            [CONTROLLER_SERVICE],
+            args.max_streams + UNARY_WORKERS,
+            tls,
+            policy,
         )
         if args.metrics_port:
-            start_http_server(args.metrics_port, addr=args.host)
+            start_http_server(args.metrics_port, addr=args.metrics_host)
     except OSError as error:
         log.critical("cannot listen: %s", error)
         journal.close()
         return EXIT_CANNOT_START
     controller_service_pb2_grpc.add_ControllerServiceServicer_to_server(
-        ControllerService(sequencer, args.tickers, args.max_streams), server
+        ControllerService(sequencer, args.tickers, args.max_streams, policy), server
     )
     sequencer.start()
     server.start()
     reporter = Reporter(
-        sequencer, args.position_address, args.report_interval, args.report_deadline
+        sequencer, args.position_address, args.report_interval, args.report_deadline, position_tls
     )
     reporter.start()
     set_serving(health, [CONTROLLER_SERVICE])

@@ -82,6 +82,7 @@ class RejectReason(enum.Enum):
     UNAVAILABLE = "unavailable"
     STALE_REPORT = "stale_report"
     TOO_MANY_STREAMS = "too_many_streams"
+    PERMISSION_DENIED = "permission_denied"
 
 
 class Rejected(Exception):

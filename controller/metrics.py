@@ -30,3 +30,8 @@ REPORTS = Counter(
     " (not delivered).",
     ["result"],
 )
+DENIED_CALLS = Counter(
+    "allocation_denied_calls_total",
+    "Calls refused PERMISSION_DENIED by the authorization policy, by identity and method.",
+    ["identity", "method"],
+)

@@ -36,6 +36,7 @@ from controller.metrics import REPORTS
 from controller.paging import fill_page
 from controller.sequencer import Sequencer, SequencerStopped
 from controller.snapshot import BookSnapshot, SharedSnapshot
+from controller.transport import PLAINTEXT, TLSConfig, open_channel
 from controller.wire import report_header, write_account
 
 log = logging.getLogger(__name__)
@@ -93,14 +94,15 @@ class Delivery:
         return not self.code and self.rejection_reason != 0
 
 
-# The worker process's channels, by (address, interval): one per position service, kept open;
+# The worker process's channels, by (address, TLS, interval): one per position service, kept open;
 # and the shared memory its snapshots arrive in, kept attached.
-_CHANNELS: dict[tuple[str, float], grpc.Channel] = {}
+_CHANNELS: dict[tuple[str, TLSConfig, float], grpc.Channel] = {}
 _ATTACHED: dict[str, SharedMemory] = {}
 
 
 def deliver(
     address: str,
+    tls: TLSConfig,
     interval: float,
     shared: SharedSnapshot,
     header: allocation_pb2.PositionReport,
@@ -114,10 +116,10 @@ def deliver(
         _ATTACHED.clear()
         memory = _ATTACHED[shared.memory] = SharedMemory(name=shared.memory)
     snapshot = shared.load(memory)
-    channel = _CHANNELS.get((address, interval))
+    channel = _CHANNELS.get((address, tls, interval))
     if channel is None:
-        channel = grpc.insecure_channel(address, options=channel_options(interval))
-        _CHANNELS[address, interval] = channel
+        channel = open_channel(address, tls, channel_options(interval))
+        _CHANNELS[address, tls, interval] = channel
     stub = position_service_pb2_grpc.PositionServiceStub(channel)
     try:
         response = stub.ReportPositions(
@@ -140,11 +142,17 @@ class Reporter:
     """Background thread sending a full ``PositionReport`` every ``interval`` seconds."""
 
     def __init__(
-        self, sequencer: Sequencer, address: str, interval: float, deadline: float
+        self,
+        sequencer: Sequencer,
+        address: str,
+        interval: float,
+        deadline: float,
+        tls: TLSConfig = PLAINTEXT,
     ) -> None:
-        """Report ``sequencer``'s book to the PositionService at ``address``."""
+        """Report ``sequencer``'s book to the PositionService at ``address`` over ``tls``."""
         self._sequencer = sequencer
         self._address = address
+        self._tls = tls
         self._interval = interval
         self._deadline = deadline
         self._stopping = threading.Event()
@@ -187,7 +195,13 @@ class Reporter:
                 shared = snapshot.share(memory)
                 try:
                     delivery = worker.submit(
-                        deliver, self._address, self._interval, shared, header, deadline
+                        deliver,
+                        self._address,
+                        self._tls,
+                        self._interval,
+                        shared,
+                        header,
+                        deadline,
                     ).result()
                 except BrokenProcessPool as error:
                     log.error("report worker died; starting a new one", extra={"error": str(error)})

@@ -20,6 +20,7 @@ from typing import NoReturn
 import grpc
 
 from allocation.v1 import allocation_pb2, controller_service_pb2, controller_service_pb2_grpc
+from controller.authorization import AuthPolicy, FillIdScope, peer_identity
 from controller.book import ReceiverBound
 from controller.domain import Fill, Rejected, RejectReason
 from controller.errors import abort, refusals_abort, rejection_message
@@ -117,11 +118,18 @@ class ControllerService(controller_service_pb2_grpc.ControllerServiceServicer):
     """Adapts the sequencer (engine + journal) to the ``allocation.v1.ControllerService`` API."""
 
     def __init__(
-        self, sequencer: Sequencer, tickers: Sequence[str], max_streams: int = DEFAULT_MAX_STREAMS
+        self,
+        sequencer: Sequencer,
+        tickers: Sequence[str],
+        max_streams: int = DEFAULT_MAX_STREAMS,
+        policy: AuthPolicy | None = None,
     ) -> None:
         """Serve ``sequencer``, accepting fills of ``tickers`` only and at most ``max_streams``
-        open streams at once (each holds a server thread)."""
+        open streams at once (each holds a server thread). With an authorization ``policy``,
+        a venue's fill ids must lie in its scope (who may call which method is checked before
+        this service sees a call, by ``AuthorizationInterceptor``)."""
         self._sequencer = sequencer
+        self._policy = policy
         self._tickers = tuple(tickers)
         self._listings = Listings(sequencer.snapshot)
         self._max_streams = max_streams
@@ -146,23 +154,36 @@ class ControllerService(controller_service_pb2_grpc.ControllerServiceServicer):
         finally:
             self._streams.release()
 
-    def _parse_batch(self, fills: Sequence[allocation_pb2.Fill]) -> list[Fill | Rejected]:
-        items: list[Fill | Rejected] = []
-        for index, message in enumerate(fills):
-            try:
-                items.append(parse_fill(message, self._tickers, field=f"fills[{index}]"))
-            except Rejected as rejected:
-                items.append(rejected)
-        return items
+    def _scope(self, context: grpc.ServicerContext) -> FillIdScope | None:
+        """The fill ids the caller may use; None when unrestricted."""
+        if self._policy is None:
+            return None
+        identity = peer_identity(context)
+        return None if identity is None else self._policy.fill_id_scope(identity)
+
+    def _parse(
+        self, message: allocation_pb2.Fill, scope: FillIdScope | None, field: str
+    ) -> Fill | Rejected:
+        """The validated fill, or why it is refused."""
+        try:
+            fill = parse_fill(message, self._tickers, field=field)
+        except Rejected as rejected:
+            return rejected
+        refused = None if scope is None else scope.check(fill, field)
+        return fill if refused is None else refused
+
+    def _parse_batch(
+        self, fills: Sequence[allocation_pb2.Fill], scope: FillIdScope | None
+    ) -> list[Fill | Rejected]:
+        return [
+            self._parse(message, scope, f"fills[{index}]") for index, message in enumerate(fills)
+        ]
 
     def SubmitFill(
         self, request: controller_service_pb2.SubmitFillRequest, context: grpc.ServicerContext
     ) -> controller_service_pb2.SubmitFillResponse:
         """Allocate one fill, or fail with a status naming the field and value."""
-        try:
-            item: Fill | Rejected = parse_fill(request.fill, self._tickers)
-        except Rejected as rejected:
-            item = rejected
+        item = self._parse(request.fill, self._scope(context), "fill")
         try:
             with _writer_running(context):
                 outcome = self._sequencer.submit_fills(
@@ -190,12 +211,13 @@ class ControllerService(controller_service_pb2_grpc.ControllerServiceServicer):
         so one stream fills a group commit instead of waiting for each commit in turn.
         """
         with self._stream_slot(context):
-            yield from self._answer_fills(request_iterator, context)
+            yield from self._answer_fills(request_iterator, context, self._scope(context))
 
     def _answer_fills(
         self,
         request_iterator: Iterator[controller_service_pb2.StreamFillsRequest],
         context: grpc.ServicerContext,
+        scope: FillIdScope | None,
     ) -> Iterator[controller_service_pb2.StreamFillsResponse]:
         in_flight: queue.SimpleQueue[
             tuple[controller_service_pb2.StreamFillsRequest, Future[list[FillOutcome]]] | None
@@ -205,7 +227,7 @@ class ControllerService(controller_service_pb2_grpc.ControllerServiceServicer):
         answering.set()
         reader = threading.Thread(
             target=self._read_fills,
-            args=(request_iterator, in_flight, room, answering),
+            args=(request_iterator, in_flight, room, answering, scope),
             name="stream-fills-reader",
             daemon=True,
         )
@@ -241,19 +263,22 @@ class ControllerService(controller_service_pb2_grpc.ControllerServiceServicer):
         ],
         room: threading.Semaphore,
         answering: threading.Event,
+        scope: FillIdScope | None,
     ) -> None:
         try:
             for request in request_iterator:
                 room.acquire()
                 if not answering.is_set():
                     break
-                in_flight.put((request, self._queue_batch(request.fills)))
+                in_flight.put((request, self._queue_batch(request.fills, scope)))
         except grpc.RpcError:
             pass  # the client went away; the answering side ends the call
         finally:
             in_flight.put(None)
 
-    def _queue_batch(self, fills: Sequence[allocation_pb2.Fill]) -> Future[list[FillOutcome]]:
+    def _queue_batch(
+        self, fills: Sequence[allocation_pb2.Fill], scope: FillIdScope | None
+    ) -> Future[list[FillOutcome]]:
         """Validate and queue one stream message; a message refused whole, or a stopped writer,
         gives a future that already holds the error."""
         future: Future[list[FillOutcome]] = Future()
@@ -269,7 +294,7 @@ class ControllerService(controller_service_pb2_grpc.ControllerServiceServicer):
             return future
         try:
             return self._sequencer.submit_fills_later(
-                self._parse_batch(fills), admit_acknowledgement
+                self._parse_batch(fills, scope), admit_acknowledgement
             )
         except Exception as error:  # SequencerStopped, or a fault the answering side reports
             future.set_exception(error)

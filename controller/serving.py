@@ -14,19 +14,32 @@ import sys
 import threading
 from collections.abc import Iterable
 from concurrent import futures
+from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from allocation.v1 import controller_service_pb2, position_service_pb2
+from controller.authorization import AuthorizationInterceptor, AuthPolicy, PolicyError
+from controller.transport import (
+    PLAINTEXT,
+    TLSConfig,
+    add_port,
+    add_server_arguments,
+    check_server,
+    server_config,
+)
 
 # The services' full names: what health reports on, and the domain of their ErrorInfo.
 CONTROLLER_SERVICE = controller_service_pb2.DESCRIPTOR.services_by_name[
     "ControllerService"
 ].full_name
 POSITION_SERVICE = position_service_pb2.DESCRIPTOR.services_by_name["PositionService"].full_name
+log = logging.getLogger(__name__)
+
 # Threads beyond the open streams' (each holds one), so health checks and unary calls are
 # answered however many streams are open.
 UNARY_WORKERS = 32
@@ -64,11 +77,23 @@ def configure_logging(level: str = "INFO") -> None:
 
 
 def create_server(
-    address: str, service_names: Iterable[str], workers: int = DEFAULT_WORKERS
+    address: str,
+    service_names: Iterable[str],
+    workers: int = DEFAULT_WORKERS,
+    tls: TLSConfig = PLAINTEXT,
+    policy: AuthPolicy | None = None,
 ) -> tuple[grpc.Server, health.HealthServicer, int]:
     """A server with health (NOT_SERVING until the caller says so) and reflection, bound to
-    ``address`` (port 0 picks a free port). Returns the server, its health servicer and port."""
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=SERVER_OPTIONS)
+    ``address`` (port 0 picks a free port) with ``tls``; with a ``policy`` every call but
+    health and reflection needs a role. Returns the server, its health servicer and port."""
+    interceptors: list[grpc.ServerInterceptor[Any, Any]] = (
+        [] if policy is None else [AuthorizationInterceptor(policy)]
+    )
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=workers),
+        interceptors=interceptors,
+        options=SERVER_OPTIONS,
+    )
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = list(service_names)
@@ -77,10 +102,49 @@ def create_server(
     )
     for name in ["", *names]:
         health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-    port = server.add_insecure_port(address)
-    if port == 0:
-        raise OSError(f"cannot listen on {address}")
-    return server, health_servicer, port
+    return server, health_servicer, add_port(server, address, tls)
+
+
+def add_security_arguments(parser: argparse.ArgumentParser) -> None:
+    """The server's TLS options, ``--auth-policy`` and ``--metrics-host``."""
+    add_server_arguments(parser)
+    parser.add_argument(
+        "--auth-policy",
+        type=Path,
+        default=None,
+        help="TOML file mapping client identities to roles (see the README's Security); needs"
+        " --tls-client-ca. Without it every client the CA signed may call every method",
+    )
+    parser.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        help="address of the Prometheus endpoint (0.0.0.0 exposes it to the network)",
+    )
+
+
+def server_security(args: argparse.Namespace) -> tuple[TLSConfig, AuthPolicy | None]:
+    """The server's TLS configuration and authorization policy from its options, checked
+    (``TLSError`` or ``PolicyError`` with a one-line reason); warnings are logged."""
+    tls = server_config(args)
+    identity = check_server(args.host, tls, args.insecure)
+    if args.auth_policy is not None and tls.ca is None:
+        raise PolicyError("--auth-policy needs mutual TLS: give --tls-client-ca as well")
+    policy = None if args.auth_policy is None else AuthPolicy.load(args.auth_policy)
+    if tls.mutual and policy is None:
+        log.warning(
+            "mutual TLS without --auth-policy: every client certificate the CA signed may call"
+            " every method"
+        )
+    if tls.enabled:
+        log.info(
+            "transport security",
+            extra={
+                "identity": identity,
+                "mutual_tls": tls.mutual,
+                "authorization": policy is not None,
+            },
+        )
+    return tls, policy
 
 
 def set_serving(health_servicer: health.HealthServicer, service_names: Iterable[str]) -> None:

@@ -7,20 +7,25 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+from prometheus_client import start_http_server
 from rich.console import Console
 
 from allocation.v1 import position_service_pb2_grpc
+from controller.authorization import PolicyError
 from controller.serving import (
     LOG_LEVELS,
     POSITION_SERVICE,
+    add_security_arguments,
     configure_logging,
     create_server,
     non_negative_seconds,
     port_number,
     positive_int,
+    server_security,
     set_serving,
     wait_for_signal,
 )
+from controller.transport import TLSError
 from position.render import PER_TICKER_CHOICES, RenderOptions
 from position.service import PositionService
 
@@ -63,7 +68,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--grace", type=non_negative_seconds, default=5.0, help="shutdown drain, seconds"
     )
+    parser.add_argument(
+        "--metrics-port",
+        type=port_number,
+        default=0,
+        help="Prometheus metrics port on --metrics-host (0 = off)",
+    )
     parser.add_argument("--log-level", default="INFO", choices=LOG_LEVELS, help="logging level")
+    add_security_arguments(parser)
     args = parser.parse_args(argv)
     if args.jsonl is not None and args.jsonl.is_dir():
         parser.error(f"--jsonl {args.jsonl} is a directory; give a file to append to")
@@ -80,7 +92,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         console = Console(width=PLAIN_WIDTH, no_color=True, highlight=False)
     options = RenderOptions(args.max_rows, args.per_ticker, plain)
     try:
-        server, health, port = create_server(f"{args.host}:{args.port}", [POSITION_SERVICE])
+        tls, policy = server_security(args)
+    except (TLSError, PolicyError) as error:
+        log.critical("cannot start: %s", error)
+        return 2
+    try:
+        server, health, port = create_server(
+            f"{args.host}:{args.port}", [POSITION_SERVICE], tls=tls, policy=policy
+        )
+        if args.metrics_port:
+            start_http_server(args.metrics_port, addr=args.metrics_host)
     except OSError as error:
         log.critical("cannot listen: %s", error)
         return 2

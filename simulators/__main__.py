@@ -17,6 +17,13 @@ from controller.serving import (
     stop_on_signals,
     wait_for_signal,
 )
+from controller.transport import (
+    TLSConfig,
+    TLSError,
+    add_client_arguments,
+    check_files,
+    client_config,
+)
 from controller.validation import DEFAULT_TICKERS
 from simulators.aum import AumServer
 from simulators.fills import PER_FILL_OUTPUT_MAX_RATE, FillGenerator, FillServer, FillStats
@@ -60,8 +67,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--tickers", default=",".join(DEFAULT_TICKERS), help="comma-separated tickers to trade"
     )
     fills.add_argument(
-        "--run-id", default=run_id, help="fill ids are <run-id>-v<server>-<n>; unique per run"
+        "--run-id",
+        default=run_id,
+        help="fill ids are <id-prefix><run-id>-v<server>-<n>; unique per run",
     )
+    fills.add_argument(
+        "--id-prefix",
+        default=None,
+        help="start of every fill id (default: '<identity>/' with a --tls-cert, the scope the"
+        " controller's policy gives a venue identity; else none)",
+    )
+    add_client_arguments(fills, peer="the controller")
 
     aum = commands.add_parser(
         "aum",
@@ -79,6 +95,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     aum.add_argument("--accounts", type=positive_int, default=5, help="accounts in each split")
     aum.add_argument("--seed", type=int, default=None, help="seed for reproducible splits")
     aum.add_argument("--run-id", default=run_id, help="split ids are aum-<run-id>-<n>")
+    add_client_arguments(aum, peer="the controller")
     args = parser.parse_args(argv)
     if args.command == "fills":
         if not 0 <= args.rate < float("inf"):
@@ -88,16 +105,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def run_fills(args: argparse.Namespace) -> int:
+def run_fills(args: argparse.Namespace, tls: TLSConfig, identity: str) -> int:
     """Run the fill servers until --count is reached and acknowledged, or a signal."""
     tickers = tuple(t.strip() for t in args.tickers.split(",") if t.strip())
+    if args.id_prefix is None:
+        args.id_prefix = f"{identity}/" if identity else ""
     stats = FillStats()
     servers = [
         FillServer(
             args.controller,
             FillGenerator(
                 (args.seed if args.seed is not None else time.time_ns()) + k,
-                f"{args.run_id}-v{k}",
+                f"{args.id_prefix}{args.run_id}-v{k}",
                 tickers,
                 args.sell_ratio,
             ),
@@ -106,6 +125,7 @@ def run_fills(args: argparse.Namespace) -> int:
             args.count,
             stats,
             f"fills-v{k}",
+            tls,
         )
         for k in range(args.servers)
     ]
@@ -145,10 +165,10 @@ def run_fills(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_aum(args: argparse.Namespace) -> int:
+def run_aum(args: argparse.Namespace, tls: TLSConfig) -> int:
     """Publish splits until a signal."""
     server = AumServer(
-        args.controller, args.interval, args.accounts, args.seed, f"aum-{args.run_id}"
+        args.controller, args.interval, args.accounts, args.seed, f"aum-{args.run_id}", tls
     )
     thread = threading.Thread(target=server.run, name="aum-server")
     thread.start()
@@ -163,7 +183,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m simulators``."""
     args = parse_args(argv)
     configure_logging(args.log_level)
-    return run_fills(args) if args.command == "fills" else run_aum(args)
+    tls = client_config(args)
+    try:
+        identity = check_files(tls)
+    except TLSError as error:
+        log.critical("cannot start: %s", error)
+        return 2
+    return run_fills(args, tls, identity) if args.command == "fills" else run_aum(args, tls)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import random
 import threading
 
 from allocation.v1 import allocation_pb2, controller_service_pb2, controller_service_pb2_grpc
+from controller.transport import PLAINTEXT, TLSConfig
 from simulators.reliable import ReliableStream
 
 log = logging.getLogger(__name__)
@@ -44,9 +45,15 @@ class AumServer:
     """Sends ``random_split`` over ``StreamAumSplits`` every ``interval`` seconds."""
 
     def __init__(
-        self, address: str, interval: float, accounts: int, seed: int | None, id_prefix: str
+        self,
+        address: str,
+        interval: float,
+        accounts: int,
+        seed: int | None,
+        id_prefix: str,
+        tls: TLSConfig = PLAINTEXT,
     ) -> None:
-        """Splits over ``accounts`` accounts with ids ``<id_prefix>-<n>``."""
+        """Splits over ``accounts`` accounts with ids ``<id_prefix>-<n>``, sent over ``tls``."""
         self._interval = interval
         self._accounts = accounts
         self._rng = random.Random(seed)
@@ -62,6 +69,7 @@ class AumServer:
             ),
             self._acknowledged,
             "aum",
+            tls,
         )
 
     def stop(self) -> None:

@@ -15,6 +15,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from allocation.v1 import allocation_pb2, controller_service_pb2, controller_service_pb2_grpc
+from controller.transport import PLAINTEXT, TLSConfig
 from simulators.reliable import ReliableStream
 
 log = logging.getLogger(__name__)
@@ -90,8 +91,10 @@ class FillServer:
         count: int | None,
         stats: FillStats,
         name: str,
+        tls: TLSConfig = PLAINTEXT,
     ) -> None:
-        """``rate`` 0 means as fast as the controller acknowledges; ``count`` None runs forever."""
+        """``rate`` 0 means as fast as the controller acknowledges; ``count`` None runs forever.
+        ``tls`` secures the link to the controller."""
         self._generator = generator
         self._rate = rate
         self._batch = batch
@@ -107,6 +110,7 @@ class FillServer:
             lambda channel: controller_service_pb2_grpc.ControllerServiceStub(channel).StreamFills,
             self._acknowledged,
             name,
+            tls,
         )
 
     def stop(self) -> None:

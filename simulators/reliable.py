@@ -21,6 +21,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from controller.serving import CONTROLLER_SERVICE
+from controller.transport import PLAINTEXT, TLSConfig, open_channel
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +47,12 @@ class ReliableStream(Generic[Request, Response]):
         method: StreamMethod[Request, Response],
         on_ack: Callable[[Request, Response], None],
         name: str,
+        tls: TLSConfig = PLAINTEXT,
     ) -> None:
-        """Stream to ``address`` with ``method(channel)``; ``name`` labels log lines."""
+        """Stream to ``address`` (over ``tls``) with ``method(channel)``; ``name`` labels log
+        lines."""
         self._address = address
+        self._tls = tls
         self._method = method
         self._on_ack = on_ack
         self._name = name
@@ -105,7 +109,7 @@ class ReliableStream(Generic[Request, Response]):
                 self._cursor = 0
                 generation = self._generation
                 self._changed.notify_all()
-            with grpc.insecure_channel(self._address) as channel:
+            with open_channel(self._address, self._tls) as channel:
                 if not self._wait_until_serving(channel):
                     return
                 try:

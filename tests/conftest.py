@@ -31,6 +31,7 @@ from controller.reporter import Reporter
 from controller.sequencer import Sequencer
 from controller.service import ControllerService
 from controller.serving import create_server, set_serving
+from controller.transport import open_channel
 from controller.validation import DEFAULT_TICKERS
 from position.render import RenderOptions
 from position.service import PositionService
@@ -63,7 +64,7 @@ def controller(tmp_path: Path) -> Iterator[RunningController]:
     sequencer.start()
     server.start()
     set_serving(health, names)
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    channel = open_channel(f"127.0.0.1:{port}")
     try:
         yield RunningController(
             controller_service_pb2_grpc.ControllerServiceStub(channel), port, sequencer, channel
@@ -119,7 +120,7 @@ def reporter_factory(
 
 def connect(port: int) -> tuple[grpc.Channel, controller_service_pb2_grpc.ControllerServiceStub]:
     """A channel to the controller on ``port`` and its stub (the caller closes the channel)."""
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    channel = open_channel(f"127.0.0.1:{port}")
     return channel, controller_service_pb2_grpc.ControllerServiceStub(channel)
 
 
@@ -283,7 +284,7 @@ def position_service(tmp_path: Path) -> Iterator[RunningPositionService]:
     )
     server.start()
     set_serving(health, names)
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+    with open_channel(f"127.0.0.1:{port}") as channel:
         yield RunningPositionService(
             position_service_pb2_grpc.PositionServiceStub(channel), port, output, jsonl
         )

@@ -31,6 +31,7 @@ from controller.domain import Fill, Split
 from controller.journal import Journal, StoredFill
 from controller.sequencer import Sequencer, SequencerStopped
 from controller.service import DEFAULT_MAX_STREAMS
+from controller.transport import open_channel
 from simulators.__main__ import parse_args as simulator_args
 from tests.conftest import (
     ROOT,
@@ -118,7 +119,7 @@ def test_100_idle_streams_leave_health_and_unary_calls_answered(
         yield from ()
 
     def hold_stream() -> tuple[grpc.StatusCode, str]:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as own:
+        with open_channel(f"127.0.0.1:{port}") as own:
             try:
                 list(Stub(own).StreamFills(idle()))
             except grpc.RpcError as error:

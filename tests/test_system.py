@@ -7,8 +7,6 @@ import signal
 from decimal import Decimal
 from pathlib import Path
 
-import grpc
-
 from allocation.v1 import (
     allocation_pb2,
     controller_service_pb2,
@@ -16,6 +14,7 @@ from allocation.v1 import (
     position_service_pb2,
     position_service_pb2_grpc,
 )
+from controller.transport import open_channel
 from tests.conftest import Program, split_request, start_program
 
 
@@ -84,7 +83,7 @@ def test_whole_system_reports_what_the_fill_servers_sent(
     assert isinstance(net, dict)
 
     entry = position.wait_for_entry("report accepted", lambda e: e["fill_count"] == count)
-    with grpc.insecure_channel(f"127.0.0.1:{position_port}") as channel:
+    with open_channel(f"127.0.0.1:{position_port}") as channel:
         stub = position_service_pb2_grpc.PositionServiceStub(channel)
         latest = stub.GetLatestReport(position_service_pb2.GetLatestReportRequest()).report
     assert latest.sequence >= int(str(entry["sequence"]))
@@ -120,7 +119,7 @@ def test_fill_server_resends_across_a_controller_crash_and_nothing_is_doubled(
     first = start(programs, "controller", "--port=0", f"--db={db}", *quiet)
     port = first.wait_listening()
     address = f"127.0.0.1:{port}"
-    with grpc.insecure_channel(address) as channel:
+    with open_channel(address) as channel:
         controller_service_pb2_grpc.ControllerServiceStub(channel).SetAumSplit(
             split_request({"a": "50", "b": "30", "c": "20"})
         )
@@ -135,7 +134,7 @@ def test_fill_server_resends_across_a_controller_crash_and_nothing_is_doubled(
     assert fills.process.wait(10) == 0
     assert fills.wait_for("stream broken; reconnecting and resending unacknowledged requests")
     assert finished["generated"] == count
-    with grpc.insecure_channel(address) as channel:
+    with open_channel(address) as channel:
         stub = controller_service_pb2_grpc.ControllerServiceStub(channel)
         report = stub.GetPositions(controller_service_pb2.GetPositionsRequest()).report
         for n in range(1, count + 1):

@@ -115,6 +115,11 @@ class _RejectionReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Rejec
     """The service already has as many open streams as it serves at once (`--max-streams`); retry
     later or on another instance (unary: RESOURCE_EXHAUSTED).
     """
+    REJECTION_REASON_PERMISSION_DENIED: _RejectionReason.ValueType  # 10
+    """The caller's verified identity may not do this: its roles do not include the method (unary:
+    PERMISSION_DENIED, for the whole call), or, in a batch, a fill id outside the ids its venue
+    identity may use (see the README's "Security"). Sent only when authorization is on.
+    """
 
 class RejectionReason(_RejectionReason, metaclass=_RejectionReasonEnumTypeWrapper):
     """Why a request, or one fill of a stream message, was refused. A refused message changes
@@ -154,6 +159,11 @@ whose sender gave up on it before it was complete. Never shown.
 REJECTION_REASON_TOO_MANY_STREAMS: RejectionReason.ValueType  # 9
 """The service already has as many open streams as it serves at once (`--max-streams`); retry
 later or on another instance (unary: RESOURCE_EXHAUSTED).
+"""
+REJECTION_REASON_PERMISSION_DENIED: RejectionReason.ValueType  # 10
+"""The caller's verified identity may not do this: its roles do not include the method (unary:
+PERMISSION_DENIED, for the whole call), or, in a batch, a fill id outside the ids its venue
+identity may use (see the README's "Security"). Sent only when authorization is on.
 """
 Global___RejectionReason: _TypeAlias = RejectionReason  # noqa: Y015
 
