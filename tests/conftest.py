@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
 import io
 import json
 import os
@@ -25,13 +26,15 @@ from allocation.v1 import (
     controller_service_pb2_grpc,
     position_service_pb2_grpc,
 )
+from controller.authorization import AuthPolicy
 from controller.book import Book
+from controller.devcerts import DEVELOPMENT_IDENTITIES, CertificateAuthority, policy_text
 from controller.journal import Journal
 from controller.reporter import Reporter
 from controller.sequencer import Sequencer
 from controller.service import ControllerService
 from controller.serving import create_server, set_serving
-from controller.transport import open_channel
+from controller.transport import PLAINTEXT, TLSConfig, open_channel
 from controller.validation import DEFAULT_TICKERS
 from position.render import RenderOptions
 from position.service import PositionService
@@ -51,29 +54,81 @@ class RunningController:
     channel: grpc.Channel
 
 
-@pytest.fixture
-def controller(tmp_path: Path) -> Iterator[RunningController]:
-    """A controller on a free port with a fresh journal in tmp_path."""
-    journal = Journal(tmp_path / "journal.db", synchronous="NORMAL")
+@dataclass
+class Pki:
+    """A CA, certificates of every development identity plus test ones, and a policy."""
+
+    directory: Path
+
+    def tls(self, name: str) -> TLSConfig:
+        """``name``'s certificate and key, and the CA: a client presenting that certificate,
+        or a server requiring client certificates of the CA."""
+        return TLSConfig(self.directory / f"{name}.pem", self.directory / f"{name}.key", self.ca)
+
+    @property
+    def ca(self) -> Path:
+        return self.directory / "ca.pem"
+
+    @property
+    def policy(self) -> AuthPolicy:
+        return AuthPolicy.load(self.directory / "policy.toml")
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    directory = tmp_path_factory.mktemp("pki")
+    authority = CertificateAuthority()
+    (directory / "ca.pem").write_bytes(authority.pem)
+    for identity, (_roles, server) in DEVELOPMENT_IDENTITIES.items():
+        authority.issue(identity, server=server).write(directory, identity)
+    (directory / "policy.toml").write_text(policy_text(DEVELOPMENT_IDENTITIES))
+    authority.issue("stranger").write(directory, "stranger")
+    # A reader's identity, from another CA; and a venue certificate that expired yesterday.
+    CertificateAuthority("another CA").issue("reader").write(directory, "foreign")
+    three_days_ago = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=3)
+    authority.issue("venue-1", days=2, starts=three_days_ago).write(directory, "expired")
+    authority.issue("venue-1", days=3).write(directory, "expiring")
+    return Pki(directory)
+
+
+@contextlib.contextmanager
+def serve_controller(
+    directory: Path, tls: TLSConfig = PLAINTEXT, policy: AuthPolicy | None = None
+) -> Iterator[tuple[grpc.Server, int, Sequencer]]:
+    """A serving controller on a free port with a fresh journal in ``directory``; its server,
+    port and sequencer."""
+    journal = Journal(directory / "journal.db", synchronous="NORMAL")
     sequencer = Sequencer(Book(DEFAULT_TICKERS), journal)
     names = ["allocation.v1.ControllerService"]
-    server, health, port = create_server("127.0.0.1:0", names)
+    server, health, port = create_server("127.0.0.1:0", names, tls=tls, policy=policy)
     controller_service_pb2_grpc.add_ControllerServiceServicer_to_server(
-        ControllerService(sequencer, DEFAULT_TICKERS), server
+        ControllerService(sequencer, DEFAULT_TICKERS, policy=policy), server
     )
     sequencer.start()
     server.start()
     set_serving(health, names)
-    channel = open_channel(f"127.0.0.1:{port}")
     try:
-        yield RunningController(
-            controller_service_pb2_grpc.ControllerServiceStub(channel), port, sequencer, channel
-        )
+        yield server, port, sequencer
     finally:
-        channel.close()
         server.stop(None).wait()
         sequencer.stop()
         journal.close()
+
+
+@pytest.fixture
+def controller(tmp_path: Path) -> Iterator[RunningController]:
+    """A controller on a free port with a fresh journal in tmp_path."""
+    with serve_controller(tmp_path) as (_server, port, sequencer):
+        channel = open_channel(f"127.0.0.1:{port}")
+        try:
+            yield RunningController(
+                controller_service_pb2_grpc.ControllerServiceStub(channel),
+                port,
+                sequencer,
+                channel,
+            )
+        finally:
+            channel.close()
 
 
 @dataclass
@@ -271,21 +326,38 @@ class RunningPositionService:
     jsonl: Path
 
 
+@contextlib.contextmanager
+def serve_position(
+    directory: Path, tls: TLSConfig = PLAINTEXT, policy: AuthPolicy | None = None
+) -> Iterator[tuple[int, io.StringIO, PositionService]]:
+    """The real PositionService on a free port, printing plain text into a buffer and
+    appending reports to ``directory/reports.jsonl``; its port, output and service."""
+    output = io.StringIO()
+    console = Console(file=output, width=120, no_color=True)
+    names = ["allocation.v1.PositionService"]
+    server, health, port = create_server("127.0.0.1:0", names, tls=tls, policy=policy)
+    service = PositionService(
+        console, RenderOptions(max_rows=3, plain=True), jsonl=directory / "reports.jsonl"
+    )
+    position_service_pb2_grpc.add_PositionServiceServicer_to_server(service, server)
+    server.start()
+    set_serving(health, names)
+    try:
+        yield port, output, service
+    finally:
+        server.stop(None).wait()
+
+
 @pytest.fixture
 def position_service(tmp_path: Path) -> Iterator[RunningPositionService]:
     """The real PositionService on a free port, printing plain text into a buffer."""
-    output = io.StringIO()
-    console = Console(file=output, width=120, no_color=True)
-    jsonl = tmp_path / "reports.jsonl"
-    names = ["allocation.v1.PositionService"]
-    server, health, port = create_server("127.0.0.1:0", names)
-    position_service_pb2_grpc.add_PositionServiceServicer_to_server(
-        PositionService(console, RenderOptions(max_rows=3, plain=True), jsonl=jsonl), server
-    )
-    server.start()
-    set_serving(health, names)
-    with open_channel(f"127.0.0.1:{port}") as channel:
+    with (
+        serve_position(tmp_path) as (port, output, _service),
+        open_channel(f"127.0.0.1:{port}") as channel,
+    ):
         yield RunningPositionService(
-            position_service_pb2_grpc.PositionServiceStub(channel), port, output, jsonl
+            position_service_pb2_grpc.PositionServiceStub(channel),
+            port,
+            output,
+            tmp_path / "reports.jsonl",
         )
-    server.stop(None).wait()
