@@ -17,8 +17,29 @@ export ACCOUNTS        ?= 5
 export FILL_SERVERS    ?= 1
 export CONTROLLER_PORT ?= 9998
 export POSITION_PORT   ?= 9999
+# Development certificates (`make certs`): every link of `make run` uses mutual TLS with them
+# and the policy beside them; `make run TLS=0` runs the demo in plaintext instead.
+export CERTS ?= var/certs
+TLS ?= 1
+ifeq ($(TLS),0)
+export POSITION_SECURITY :=
+export CONTROLLER_SECURITY :=
+export AUM_SECURITY :=
+export FILLS_SECURITY :=
+RUN_NEEDS :=
+else
+client_tls = --tls-ca $(CERTS)/ca.pem --tls-cert $(CERTS)/$(1).pem --tls-key $(CERTS)/$(1).key
+server_tls = --tls-cert $(CERTS)/$(1).pem --tls-key $(CERTS)/$(1).key \
+	--tls-client-ca $(CERTS)/ca.pem --auth-policy $(CERTS)/policy.toml
+export POSITION_SECURITY := $(call server_tls,position)
+export CONTROLLER_SECURITY := $(call server_tls,controller) --position-tls-ca $(CERTS)/ca.pem \
+	--position-tls-cert $(CERTS)/controller.pem --position-tls-key $(CERTS)/controller.key
+export AUM_SECURITY := $(call client_tls,aum)
+export FILLS_SECURITY := $(call client_tls,venue-1)
+RUN_NEEDS := $(CERTS)/ca.pem
+endif
 
-.PHONY: all venv protos check-protos lint test run bench clean release-contract
+.PHONY: all venv protos check-protos lint test run bench clean release-contract certs
 
 all: test
 
@@ -57,8 +78,15 @@ lint: $(STAMP)
 test: check-protos lint
 	$(BIN)/pytest -q
 
-run: $(STAMP)
+run: $(STAMP) $(RUN_NEEDS)
 	$(BIN)/honcho -f Procfile start
+
+# A throwaway CA, certificates for every program and a reader/admin, and their policy.
+certs: $(STAMP)
+	$(PY) -m controller.devcerts $(CERTS)
+
+$(CERTS)/ca.pem: | $(STAMP)
+	$(PY) -m controller.devcerts $(CERTS)
 
 # Only when a new contract version is released on purpose: the image `make lint` checks against.
 release-contract: $(STAMP)

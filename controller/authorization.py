@@ -236,6 +236,7 @@ class AuthorizationInterceptor(_ServerInterceptor):
                 f" {held or 'none'}; the method needs one of {_roles_needed(method)}",
             ),
             method.split("/")[1],
+            metadata={"identity": identity or "", "method": method},
         )
 
 

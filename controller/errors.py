@@ -9,7 +9,7 @@ machine-readable reason; bad fields also carry ``BadRequest``, oversells
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import NoReturn
 
 import grpc
@@ -88,13 +88,19 @@ def _specific_detail(rejected: Rejected, resource_type: str) -> Message | None:
 
 
 def abort(
-    context: grpc.ServicerContext, rejected: Rejected, domain: str, resource_type: str = ""
+    context: grpc.ServicerContext,
+    rejected: Rejected,
+    domain: str,
+    resource_type: str = "",
+    metadata: Mapping[str, str] | None = None,
 ) -> NoReturn:
-    """End the call with the status for ``rejected``: ErrorInfo, plus the detail its kind has."""
+    """End the call with the status for ``rejected``: ErrorInfo (with ``metadata`` beside the
+    field at fault), plus the detail its kind has."""
     status = status_pb2.Status(code=_CODES[rejected.reason], message=rejected.message)
     info = error_details_pb2.ErrorInfo(reason=reason_name(rejected.reason), domain=domain)
     if rejected.field:
         info.metadata["field"] = rejected.field
+    info.metadata.update(metadata or {})
     status.details.append(_packed(info))
     specific = _specific_detail(rejected, resource_type)
     if specific is not None:

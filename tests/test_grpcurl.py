@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import RunningController, RunningPositionService
+from tests.conftest import Pki, RunningController, RunningPositionService, serve_controller
 
 GRPCURL = Path(sys.executable).parent / "grpcurl"
 # grpcurl exits with 64 + the gRPC status code on an error status; it prints proto field
 # names (split_id, not splitId) and int64 values as strings.
 INVALID_ARGUMENT_EXIT = 64 + 3
+PERMISSION_DENIED_EXIT = 64 + 7
 
 pytestmark = pytest.mark.skipif(
     not GRPCURL.exists(), reason="grpcurl is installed by the dev extra"
@@ -86,3 +87,43 @@ def test_bad_fill_exits_with_invalid_argument(controller: RunningController) -> 
     assert bad.returncode == INVALID_ARGUMENT_EXIT
     assert "InvalidArgument" in bad.stderr
     assert "fill.price '-3'" in bad.stderr
+
+
+def grpcurl_tls(
+    port: int, pki: Pki, certificate: str | None, *args: str, data: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """grpcurl over TLS, verifying the server with the test CA, presenting ``certificate``."""
+    command = [str(GRPCURL), "-cacert", str(pki.ca)]
+    if certificate is not None:
+        tls = pki.tls(certificate)
+        command += ["-cert", str(tls.cert), "-key", str(tls.key)]
+    if data is not None:
+        command += ["-d", data]
+    command += [f"127.0.0.1:{port}", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
+
+
+def test_grpcurl_with_a_client_certificate_against_a_mutual_tls_controller(
+    pki: Pki, tmp_path: Path
+) -> None:
+    with serve_controller(tmp_path, pki.tls("controller"), pki.policy) as (_, port, sequencer):
+        listed = grpcurl_tls(port, pki, "reader", "list")
+        assert listed.returncode == 0, listed.stderr
+        assert "allocation.v1.ControllerService" in listed.stdout.split()
+        positions = grpcurl_tls(port, pki, "reader", "allocation.v1.ControllerService/GetPositions")
+        assert positions.returncode == 0, positions.stderr
+        assert json.loads(positions.stdout)["report"]["total_value"] == "0"
+        # Without a client certificate the handshake fails; with the wrong role the call does.
+        anonymous = grpcurl_tls(port, pki, None, "list")
+        assert anonymous.returncode != 0
+        denied = grpcurl_tls(
+            port,
+            pki,
+            "reader",
+            "allocation.v1.ControllerService/SubmitFill",
+            data='{"fill": {"fill_id": "reader/1", "ticker": "AAPL", "price": "1",'
+            ' "quantity": 1, "side": "SIDE_BUY"}}',
+        )
+        assert denied.returncode == PERMISSION_DENIED_EXIT
+        assert "identity 'reader' may not call" in denied.stderr
+        assert sequencer.lookup("reader/1") is None
