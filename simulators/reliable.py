@@ -156,6 +156,7 @@ class ReliableStream(Generic[Request, Response]):
         request = health_pb2.HealthCheckRequest(service=CONTROLLER_SERVICE)
         started = time.monotonic()
         logged = False
+        last_error = ""
         while not self._cancelled.is_set():
             try:
                 answer = health.Check(request, timeout=1.0, wait_for_ready=True)
@@ -163,12 +164,18 @@ class ReliableStream(Generic[Request, Response]):
                     if logged:
                         log.info("controller ready", extra={"stream": self._name})
                     return True
-            except grpc.RpcError:
-                pass  # not reachable yet: wait_for_ready already waited up to the timeout
+            except grpc.RpcError as error:
+                # Not reachable yet (wait_for_ready already waited up to the timeout), or
+                # refused at the TLS handshake: the log line below says which.
+                last_error = f"{error.code().name}: {error.details()}"
             if not logged and time.monotonic() - started > QUIET_WAIT_SECONDS:
                 log.info(
                     "waiting for the controller to serve",
-                    extra={"stream": self._name, "address": self._address},
+                    extra={
+                        "stream": self._name,
+                        "address": self._address,
+                        "last_error": last_error,
+                    },
                 )
                 logged = True
             self._cancelled.wait(0.1)
