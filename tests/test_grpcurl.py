@@ -22,8 +22,10 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def grpcurl(port: int, *args: str, data: str | None = None) -> subprocess.CompletedProcess[str]:
-    command = [str(GRPCURL), "-plaintext"]
+def grpcurl(
+    port: int, *args: str, data: str | None = None, security: tuple[str, ...] = ("-plaintext",)
+) -> subprocess.CompletedProcess[str]:
+    command = [str(GRPCURL), *security]
     if data is not None:
         command += ["-d", data]
     command += [f"127.0.0.1:{port}", *args]
@@ -93,14 +95,11 @@ def grpcurl_tls(
     port: int, pki: Pki, certificate: str | None, *args: str, data: str | None = None
 ) -> subprocess.CompletedProcess[str]:
     """grpcurl over TLS, verifying the server with the test CA, presenting ``certificate``."""
-    command = [str(GRPCURL), "-cacert", str(pki.ca)]
+    security = ["-cacert", str(pki.ca)]
     if certificate is not None:
         tls = pki.tls(certificate)
-        command += ["-cert", str(tls.cert), "-key", str(tls.key)]
-    if data is not None:
-        command += ["-d", data]
-    command += [f"127.0.0.1:{port}", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
+        security += ["-cert", str(tls.cert), "-key", str(tls.key)]
+    return grpcurl(port, *args, data=data, security=tuple(security))
 
 
 def test_grpcurl_with_a_client_certificate_against_a_mutual_tls_controller(

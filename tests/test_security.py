@@ -88,12 +88,17 @@ def error_info(error: grpc.RpcError) -> error_details_pb2.ErrorInfo:
     return info
 
 
+def split_as_aum(system: SecureSystem, percents: dict[str, str]) -> None:
+    """Put a split in force with the AUM server's certificate."""
+    channel, aum = controller_stub(system, system.pki.tls("aum"))
+    with channel:
+        aum.SetAumSplit(split_request(percents, "s-1"))
+
+
 def test_valid_roles_work_end_to_end(secure: SecureSystem) -> None:
     """The allowed paths: aum sets a split, a venue submits its own fill, a reader reads."""
     pki = secure.pki
-    channel, aum = controller_stub(secure, pki.tls("aum"))
-    with channel:
-        aum.SetAumSplit(split_request({"a": "60", "b": "40"}, "s-1"))
+    split_as_aum(secure, {"a": "60", "b": "40"})
     channel, venue = controller_stub(secure, pki.tls("venue-1"))
     with channel:
         allocated = venue.SubmitFill(
@@ -225,9 +230,7 @@ def test_health_is_open_to_any_authenticated_peer(secure: SecureSystem) -> None:
 
 def test_a_venue_may_use_only_its_own_fill_ids(secure: SecureSystem) -> None:
     pki = secure.pki
-    channel, aum = controller_stub(secure, pki.tls("aum"))
-    with channel:
-        aum.SetAumSplit(split_request({"a": "50", "b": "50"}, "s-1"))
+    split_as_aum(secure, {"a": "50", "b": "50"})
     channel, venue = controller_stub(secure, pki.tls("venue-1"))
     with channel:
         with pytest.raises(grpc.RpcError) as raised:
@@ -308,18 +311,22 @@ def test_plaintext_off_loopback_needs_insecure() -> None:
     assert check_server("::1", plaintext, insecure=False) == ""
 
 
-@pytest.mark.parametrize("program", ["controller", "position"])
-def test_programs_refuse_plaintext_on_a_non_loopback_address(program: str, tmp_path: Path) -> None:
-    run = subprocess.run(
-        [sys.executable, "-m", program, "--host=0.0.0.0", "--port=0", f"--db={tmp_path / 'j.db'}"]
-        if program == "controller"
-        else [sys.executable, "-m", program, "--host=0.0.0.0", "--port=0"],
+def run_program(*args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m <args>`` from the repository root, run to its end."""
+    return subprocess.run(
+        [sys.executable, "-m", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
+
+
+@pytest.mark.parametrize("program", ["controller", "position"])
+def test_programs_refuse_plaintext_on_a_non_loopback_address(program: str, tmp_path: Path) -> None:
+    journal = [f"--db={tmp_path / 'j.db'}"] if program == "controller" else []
+    run = run_program(program, "--host=0.0.0.0", "--port=0", *journal)
     assert run.returncode == 2
     (line,) = [line for line in run.stderr.splitlines() if "refusing" in line]
     assert "0.0.0.0" in line and "--tls-cert" in line and "--insecure" in line
@@ -427,20 +434,11 @@ def test_whole_system_runs_with_mutual_tls_end_to_end(
 
 
 def test_auth_policy_needs_mutual_tls(pki: Pki, tmp_path: Path) -> None:
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "controller",
-            "--port=0",
-            f"--db={tmp_path / 'j.db'}",
-            f"--auth-policy={pki.directory / 'policy.toml'}",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    run = run_program(
+        "controller",
+        "--port=0",
+        f"--db={tmp_path / 'j.db'}",
+        f"--auth-policy={pki.directory / 'policy.toml'}",
     )
     assert run.returncode == 2
     assert "--auth-policy needs mutual TLS: give --tls-client-ca" in run.stderr
