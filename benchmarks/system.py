@@ -5,7 +5,9 @@
    ceiling) measured on the same shapes in the same run;
 2. latency: SubmitFill p50/p99 at a steady 500 fills/s;
 3. memory: controller RSS after 100k and after 1M fills;
-4. recovery: time from process start to SERVING on a journal of 1M fills.
+4. recovery: time from process start to SERVING on a journal of 1M fills;
+5. security: throughput and latency with mutual TLS and the role policy, beside plaintext in the
+   same run.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from rich.console import Console
 from rich.table import Table
 
 from allocation.v1 import allocation_pb2, controller_service_pb2, controller_service_pb2_grpc
-from controller.transport import open_channel
+from controller.devcerts import write_development_certificates
+from controller.transport import PLAINTEXT, TLSConfig, open_channel
 
 ROOT = Path(__file__).resolve().parent.parent
 SECONDS = 6.0
@@ -43,6 +46,30 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+@dataclass(frozen=True)
+class Link:
+    """How clients reach a server: the server's extra options and the clients' TLS."""
+
+    server_args: tuple[str, ...] = ()
+    client: TLSConfig = PLAINTEXT
+
+
+PLAIN = Link()
+
+
+def mutual_tls_link(certs: Path) -> Link:
+    """Mutual TLS with the development policy; clients present the admin certificate (it may
+    call everything, so one client drives every measurement)."""
+    write_development_certificates(certs)
+    server_args = (
+        f"--tls-cert={certs / 'controller.pem'}",
+        f"--tls-key={certs / 'controller.key'}",
+        f"--tls-client-ca={certs / 'ca.pem'}",
+        f"--auth-policy={certs / 'policy.toml'}",
+    )
+    return Link(server_args, TLSConfig(certs / "admin.pem", certs / "admin.key", certs / "ca.pem"))
+
+
 @dataclass
 class Server:
     """A server process under measurement."""
@@ -50,6 +77,7 @@ class Server:
     process: subprocess.Popen[bytes]
     port: int
     started: float
+    link: Link = PLAIN
 
     @property
     def address(self) -> str:
@@ -67,19 +95,23 @@ class Server:
         self.process.wait(60)
 
 
-def start(module: str, *args: str, nice: int = 0) -> Server:
+def start(module: str, *args: str, nice: int = 0, link: Link = PLAIN) -> Server:
     """Start ``python -m module`` on a free port and wait until its health check says SERVING;
     ``nice`` lowers its scheduling priority."""
     port = free_port()
     started = time.perf_counter()
     process = subprocess.Popen(
-        ["nice", "-n", str(nice), sys.executable, "-m", module, f"--port={port}", *args],
+        [
+            *("nice", "-n", str(nice), sys.executable, "-m", module, f"--port={port}"),
+            *args,
+            *link.server_args,
+        ],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    server = Server(process, port, started)
-    with open_channel(server.address) as channel:
+    server = Server(process, port, started, link)
+    with open_channel(server.address, link.client) as channel:
         health_pb2_grpc.HealthStub(channel).Check(
             health_pb2.HealthCheckRequest(), wait_for_ready=True, timeout=120
         )
@@ -88,7 +120,7 @@ def start(module: str, *args: str, nice: int = 0) -> Server:
 
 def time_to_serving(server: Server) -> float:
     """Seconds from process start until the health check answered SERVING."""
-    with open_channel(server.address) as channel:
+    with open_channel(server.address, server.link.client) as channel:
         while True:
             status = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(), wait_for_ready=True, timeout=120
@@ -97,11 +129,11 @@ def time_to_serving(server: Server) -> float:
                 return time.perf_counter() - server.started
 
 
-def start_controller(db: Path, accounts: int) -> Server:
+def start_controller(db: Path, accounts: int, link: Link = PLAIN) -> Server:
     """A controller on a fresh journal with a split over ``accounts`` equal accounts."""
-    server = start("controller", f"--db={db}", "--report-interval=3600")
+    server = start("controller", f"--db={db}", "--report-interval=3600", link=link)
     percent = f"{100 / accounts:g}"
-    with open_channel(server.address) as channel:
+    with open_channel(server.address, link.client) as channel:
         controller_service_pb2_grpc.ControllerServiceStub(channel).SetAumSplit(
             controller_service_pb2.SetAumSplitRequest(
                 split=allocation_pb2.AumSplit(
@@ -127,7 +159,7 @@ def fills(prefix: str, start_at: int, count: int) -> list[allocation_pb2.Fill]:
 
 
 def stream(
-    address: str,
+    server: Server,
     per_message: int,
     seconds: float | None = None,
     total: int | None = None,
@@ -148,7 +180,7 @@ def stream(
 
     acknowledged = 0
     started = time.perf_counter()
-    with open_channel(address) as channel:
+    with open_channel(server.address, server.link.client) as channel:
         stub = controller_service_pb2_grpc.ControllerServiceStub(channel)
         for response in stub.StreamFills(requests()):
             room.release()
@@ -176,10 +208,10 @@ def throughput(workdir: Path, seconds: float) -> list[ThroughputRow]:
     for accounts in (10, 1_000):
         for per_message in (100, 1):
             controller = start_controller(workdir / f"tp-{accounts}-{per_message}.db", accounts)
-            done, elapsed = stream(controller.address, per_message, seconds)
+            done, elapsed = stream(controller, per_message, seconds)
             controller.stop()
             echo = start("benchmarks.echo", f"--accounts={accounts}")
-            echo_done, echo_elapsed = stream(echo.address, per_message, seconds)
+            echo_done, echo_elapsed = stream(echo, per_message, seconds)
             echo.stop()
             rows.append(
                 ThroughputRow(accounts, per_message, done / elapsed, echo_done / echo_elapsed)
@@ -197,11 +229,11 @@ class LatencyRow:
     p99_ms: float
 
 
-def latency(workdir: Path, rate: float, seconds: float) -> LatencyRow:
+def latency(workdir: Path, rate: float, seconds: float, link: Link = PLAIN) -> LatencyRow:
     """SubmitFill sent on a fixed schedule of ``rate`` calls/s; latencies of every call."""
-    controller = start_controller(workdir / "latency.db", 10)
+    controller = start_controller(workdir / f"latency-{len(link.server_args)}.db", 10, link)
     latencies = []
-    with open_channel(controller.address) as channel:
+    with open_channel(controller.address, link.client) as channel:
         stub = controller_service_pb2_grpc.ControllerServiceStub(channel)
         calls = int(rate * seconds)
         requests = [controller_service_pb2.SubmitFillRequest(fill=f) for f in fills("l", 0, calls)]
@@ -244,7 +276,7 @@ def memory_and_recovery(workdir: Path, total: int) -> ScaleRow:
             if acknowledged >= checkpoint and checkpoint not in rss:
                 rss[checkpoint] = controller.rss_mb()
 
-    done, elapsed = stream(controller.address, 100, total=total, prefix="m", progress=note)
+    done, elapsed = stream(controller, 100, total=total, prefix="m", progress=note)
     assert done == total
     controller.stop()
     restarted = start("controller", f"--db={db}", "--report-interval=3600")
@@ -252,6 +284,39 @@ def memory_and_recovery(workdir: Path, total: int) -> ScaleRow:
     after = restarted.rss_mb()
     restarted.stop()
     return ScaleRow(total, rss, elapsed, recovery, after)
+
+
+@dataclass(frozen=True)
+class SecurityRow:
+    """One measure over plaintext and over mutual TLS with the policy, in the same run."""
+
+    measure: str
+    plaintext: float
+    mutual_tls: float
+    unit: str
+
+
+def security(workdir: Path, seconds: float) -> list[SecurityRow]:
+    """StreamFills throughput (10 accounts, 100 per message) and SubmitFill latency at 500/s,
+    plaintext then mutual TLS with authorization."""
+    secured = mutual_tls_link(workdir / "certs")
+    figures: dict[str, list[float]] = {}
+    for link in (PLAIN, secured):
+        controller = start_controller(workdir / f"sec-{len(link.server_args)}.db", 10, link)
+        done, elapsed = stream(controller, 100, seconds)
+        controller.stop()
+        lat = latency(workdir, 500.0, seconds, link)
+        for name, value in (
+            ("StreamFills, 10 accounts, 100/message", done / elapsed),
+            ("SubmitFill at 500/s, p50", lat.p50_ms),
+            ("SubmitFill at 500/s, p99", lat.p99_ms),
+        ):
+            figures.setdefault(name, []).append(value)
+    units = ["fills/s", "ms", "ms"]
+    return [
+        SecurityRow(name, plain, mutual, unit)
+        for (name, (plain, mutual)), unit in zip(figures.items(), units, strict=True)
+    ]
 
 
 def run(console: Console, quick: bool) -> dict[str, object]:
@@ -263,6 +328,7 @@ def run(console: Console, quick: bool) -> dict[str, object]:
         rows = throughput(workdir, seconds)
         lat = latency(workdir, 500.0, seconds)
         scale = memory_and_recovery(workdir, total)
+        secure = security(workdir, seconds)
     table = Table(title=f"System benchmark (real processes on loopback, {os.cpu_count()} cores)")
     for column in ("measure", "result", "reference", "ratio", "target"):
         table.add_column(column, justify="right")
@@ -291,8 +357,17 @@ def run(console: Console, quick: bool) -> dict[str, object]:
         "",
         "<= 3 s",
     )
+    for security_row in secure:
+        table.add_row(
+            f"{security_row.measure}, mutual TLS + policy",
+            f"{security_row.mutual_tls:,.2f} {security_row.unit}",
+            f"plaintext {security_row.plaintext:,.2f} {security_row.unit}",
+            f"{security_row.mutual_tls / security_row.plaintext:.2f}",
+            "",
+        )
     console.print(table)
     return {
+        "security": [asdict(r) for r in secure],
         "throughput": [asdict(r) for r in rows],
         "latency": asdict(lat),
         "scale": {**asdict(scale), "rss_mb_at": {str(k): v for k, v in scale.rss_mb_at.items()}},
