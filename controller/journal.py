@@ -38,8 +38,10 @@ WAL_CHECKPOINT_SECONDS = 1.0
 
 # Stored in SQLite's user_version; a journal of another version is refused, not misread.
 # Version 2 added the journal's identity (the meta table) and per-row checkpoint sequences
-# (positions.as_of); version 1 journals are upgraded in place.
-SCHEMA_VERSION = 2
+# (positions.as_of); version 3 the time each fill and split was journaled (recorded_ns), which
+# the audit tool's time ranges use. Older journals are upgraded in place (their earlier rows
+# have no recorded time).
+SCHEMA_VERSION = 3
 
 
 class JournalVersionError(RuntimeError):
@@ -109,7 +111,8 @@ CREATE TABLE IF NOT EXISTS fills (
     split_id TEXT,
     accounts TEXT,
     quantities TEXT,
-    allocated_sequence INTEGER
+    allocated_sequence INTEGER,
+    recorded_ns INTEGER
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS fills_pending ON fills (sequence) WHERE split_id IS NULL;
 CREATE INDEX IF NOT EXISTS fills_allocated ON fills (allocated_sequence);
@@ -117,7 +120,8 @@ CREATE TABLE IF NOT EXISTS splits (
     sequence INTEGER PRIMARY KEY,
     split_id TEXT NOT NULL UNIQUE,
     percents TEXT NOT NULL,
-    effective_time_ns INTEGER
+    effective_time_ns INTEGER,
+    recorded_ns INTEGER
 );
 CREATE TABLE IF NOT EXISTS positions (
     account TEXT NOT NULL,
@@ -137,11 +141,19 @@ CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 INSERT OR IGNORE INTO meta (name, value) VALUES ('journal_id', '{journal_id}');
 """
 # Version 1 checkpointed every row at once, as of checkpoint_sequence.
-_UPGRADE_FROM_1 = """
+_UPGRADE_FROM_2 = """
+ALTER TABLE fills ADD COLUMN recorded_ns INTEGER;
+ALTER TABLE splits ADD COLUMN recorded_ns INTEGER;
+"""
+_UPGRADE_FROM_1 = (
+    """
 ALTER TABLE positions ADD COLUMN as_of INTEGER NOT NULL DEFAULT 0;
 UPDATE positions SET as_of = coalesce(
     (SELECT value FROM counters WHERE name = 'checkpoint_sequence'), 0);
 """
+    + _UPGRADE_FROM_2
+)
+_SCRIPTS = {0: _SCHEMA, 1: _UPGRADE_FROM_1, 2: _UPGRADE_FROM_2}
 
 # Amounts in micro-units. An allocation is two comma-separated lists in its fill's row (account
 # names cannot contain commas: see controller.validation.ACCOUNT).
@@ -202,6 +214,8 @@ class JournalBatch:
     """Positions (absolute values) to write, as of ``checkpoint_as_of``."""
     checkpoint_as_of: int = 0
     checkpoint_prices: dict[str, int] = field(default_factory=dict)
+    recorded_ns: int | None = None
+    """When the group was journaled (wall clock), stored with its fills and splits."""
 
 
 class Journal:
@@ -232,9 +246,7 @@ class Journal:
                 self._lock.release()
             raise
         if version != SCHEMA_VERSION:
-            script = (_SCHEMA if version == 0 else _UPGRADE_FROM_1) + _META.format(
-                journal_id=uuid.uuid4()
-            )
+            script = _SCRIPTS[version] + _META.format(journal_id=uuid.uuid4())
             self._db.executescript(f"BEGIN; {script} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;")
         # Made when the journal was created; never changes.
         self.journal_id: str = self._db.execute(
@@ -248,10 +260,10 @@ class Journal:
         tables = db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
         if version == 0 and tables:
             raise JournalDamaged(f"{path} is an SQLite database but not a controller journal")
-        if version not in (0, 1, SCHEMA_VERSION):
+        if version not in (*_SCRIPTS, SCHEMA_VERSION):
             raise JournalVersionError(
                 f"{path} has journal schema version {version}; this controller reads"
-                f" versions 1 and {SCHEMA_VERSION}"
+                f" versions 1 to {SCHEMA_VERSION}"
             )
         if tables:
             self._integrity = _IntegrityCheck(path)
@@ -360,8 +372,9 @@ class Journal:
         db.execute("BEGIN")
         try:
             db.executemany(
-                f"INSERT INTO fills ({_FILL_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                [_fill_row(stored) for stored in batch.new_fills],
+                f"INSERT INTO fills ({_FILL_COLUMNS}, recorded_ns)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                [(*_fill_row(stored), batch.recorded_ns) for stored in batch.new_fills],
             )
             db.executemany(
                 "UPDATE fills SET split_id=?, accounts=?, quantities=?, allocated_sequence=?"
@@ -378,14 +391,15 @@ class Journal:
                 ],
             )
             db.executemany(
-                "INSERT INTO splits (sequence, split_id, percents, effective_time_ns)"
-                " VALUES (?,?,?,?)",
+                "INSERT INTO splits (sequence, split_id, percents, effective_time_ns, recorded_ns)"
+                " VALUES (?,?,?,?,?)",
                 [
                     (
                         s.sequence,
                         s.split.split_id,
                         json.dumps(s.split.percents),
                         s.split.effective_time_ns,
+                        batch.recorded_ns,
                     )
                     for s in batch.splits
                 ],

@@ -188,7 +188,7 @@ class Reporter:
                 except SequencerStopped:
                     return
                 header = report_header(
-                    snapshot, counters.report_sequence, self._sequencer.journal_id, time.time_ns()
+                    snapshot, counters, self._sequencer.journal_id, time.time_ns()
                 )
                 deadline = self._deadline + snapshot.account_count * SECONDS_PER_ACCOUNT
                 memory = self._memory_for(snapshot)

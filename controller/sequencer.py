@@ -166,8 +166,9 @@ class Sequencer:
         return self._call(lambda batch: self._apply_split(split, batch), writes=True)
 
     def snapshot(self) -> tuple[BookSnapshot, Counters]:
-        """The book as of every acknowledged event, and the counters at that point."""
-        return self._call(lambda _: (self._book.snapshot(), self._counters), writes=False)
+        """The book as of every acknowledged event, and the counters at that point
+        (``next_sequence`` - 1 is the last event the snapshot includes)."""
+        return self._call(lambda _: (self._book.snapshot(), self._current()), writes=False)
 
     def next_report(self) -> tuple[BookSnapshot, Counters]:
         """A snapshot with a new report sequence (``counters.report_sequence``), durably
@@ -177,9 +178,16 @@ class Sequencer:
             self._counters = replace(
                 self._counters, report_sequence=self._counters.report_sequence + 1
             )
-            return self._book.snapshot(), self._counters
+            return self._book.snapshot(), self._current()
 
         return self._call(take, writes=True)
+
+    def _current(self) -> Counters:
+        """The counters including the events applied earlier in the group being processed
+        (committed with it before anyone sees the answer)."""
+        return replace(
+            self._counters, next_sequence=self._next_sequence, fill_count=self._book.fill_count
+        )
 
     def lookup(self, fill_id: str) -> StoredFill | None:
         """The journaled fill with this id, if any."""
@@ -258,6 +266,7 @@ class Sequencer:
                 fill_count=self._book.fill_count,
             )
             self._checkpoint_some(batch, any(request.checkpoint for request in group))
+            batch.recorded_ns = time.time_ns()
             started = time.perf_counter()
             try:
                 self._journal.write(batch, self._counters)

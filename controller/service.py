@@ -371,7 +371,7 @@ class ControllerService(controller_service_pb2_grpc.ControllerServiceServicer):
         response.report.CopyFrom(
             report_header(
                 snapshot,
-                listing.counters.report_sequence,
+                listing.counters,
                 self._sequencer.journal_id,
                 listing.taken_ns,
             )

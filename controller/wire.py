@@ -7,6 +7,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from allocation.v1 import allocation_pb2
 from controller.book import ReceiverBound
 from controller.domain import Allocation, Fill, Rejected, Side
+from controller.journal import Counters
 from controller.money import format_micro
 from controller.snapshot import AccountState, BookSnapshot
 from controller.validation import FILL_ID_MAX
@@ -69,14 +70,16 @@ def write_allocation(
 
 
 def report_header(
-    snapshot: BookSnapshot, report_sequence: int, journal_id: str, generated_ns: int
+    snapshot: BookSnapshot, counters: Counters, journal_id: str, generated_ns: int
 ) -> allocation_pb2.PositionReport:
-    """Every field of a position report but its accounts, amounts as exact decimal strings."""
+    """Every field of a position report but its accounts, amounts as exact decimal strings;
+    ``counters`` are those taken with the snapshot."""
     generate_time = Timestamp()
     generate_time.FromNanoseconds(generated_ns)
     return allocation_pb2.PositionReport(
-        sequence=report_sequence,
+        sequence=counters.report_sequence,
         journal_id=journal_id,
+        journal_sequence=counters.next_sequence - 1,
         generate_time=generate_time,
         split_id=snapshot.split_id,
         fill_count=snapshot.fill_count,

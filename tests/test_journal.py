@@ -119,10 +119,14 @@ def test_a_version_1_journal_is_upgraded_and_recovers_the_same_book(tmp_path: Pa
     expected = writer.snapshot()[0]
     writer.stop()
     written.close()
-    # What version 1 wrote: no journal identity, positions all as of checkpoint_sequence.
+    # What version 1 wrote: no journal identity, positions all as of checkpoint_sequence,
+    # no recorded times.
     with sqlite3.connect(db) as raw:
         raw.executescript(
-            "ALTER TABLE positions DROP COLUMN as_of; DROP TABLE meta; PRAGMA user_version=1;"
+            "ALTER TABLE positions DROP COLUMN as_of; DROP TABLE meta;"
+            " ALTER TABLE fills DROP COLUMN recorded_ns;"
+            " ALTER TABLE splits DROP COLUMN recorded_ns;"
+            " PRAGMA user_version=1;"
         )
     upgraded = Journal(db, synchronous="NORMAL")
     assert upgraded.journal_id

@@ -519,6 +519,7 @@ class PositionReport(_message.Message):
     TOTAL_MARKET_VALUE_FIELD_NUMBER: _builtins.int
     PENDING_FILL_COUNT_FIELD_NUMBER: _builtins.int
     JOURNAL_ID_FIELD_NUMBER: _builtins.int
+    JOURNAL_SEQUENCE_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     """Report number: +1 per report generated, never repeated, also across controller restarts."""
     split_id: _builtins.str
@@ -535,6 +536,11 @@ class PositionReport(_message.Message):
     """Identity of the controller journal the report comes from, made once when the journal is
     created. Sequences are comparable only within one journal_id: a controller on a new journal
     starts again at 1, and the position service keeps the newest report per journal_id.
+    """
+    journal_sequence: _builtins.int
+    """The journal sequence of the last event (fill or split) the report includes: the audit
+    tool's `positions --as-of SEQUENCE` reproduces the report's positions from the journal.
+    0 in reports of controllers older than this field.
     """
     @_builtins.property
     def generate_time(self) -> _timestamp_pb2.Timestamp:
@@ -564,10 +570,11 @@ class PositionReport(_message.Message):
         total_market_value: _builtins.str = ...,
         pending_fill_count: _builtins.int = ...,
         journal_id: _builtins.str = ...,
+        journal_sequence: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["generate_time", b"generate_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accounts", b"accounts", "fill_count", b"fill_count", "generate_time", b"generate_time", "journal_id", b"journal_id", "pending_fill_count", b"pending_fill_count", "sequence", b"sequence", "split_id", b"split_id", "tickers", b"tickers", "total_market_value", b"total_market_value", "total_value", b"total_value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accounts", b"accounts", "fill_count", b"fill_count", "generate_time", b"generate_time", "journal_id", b"journal_id", "journal_sequence", b"journal_sequence", "pending_fill_count", b"pending_fill_count", "sequence", b"sequence", "split_id", b"split_id", "tickers", b"tickers", "total_market_value", b"total_market_value", "total_value", b"total_value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
