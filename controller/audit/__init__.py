@@ -1,0 +1,1 @@
+"""Compliance tooling over the journal: verify, explain, positions as of, export, fairness."""
