@@ -6,6 +6,7 @@ import argparse
 import gc
 import logging
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -14,6 +15,7 @@ from pathlib import Path
 from prometheus_client import start_http_server
 
 from allocation.v1 import controller_service_pb2_grpc
+from controller.audit import cli as audit
 from controller.authorization import PolicyError
 from controller.book import Book
 from controller.journal import (
@@ -154,8 +156,11 @@ def open_journal(args: argparse.Namespace) -> Journal | int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the controller until SIGTERM/SIGINT (exit 0) or a journal failure (exit 1); exit 2 or
-    3 when it cannot start (see ``parse_args``)."""
-    args = parse_args(argv)
+    3 when it cannot start (see ``parse_args``). ``audit ...`` runs the compliance tool."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["audit"]:
+        return audit.main(arguments[1:])
+    args = parse_args(arguments)
     configure_logging(args.log_level)
     started = time.perf_counter()
     try:

@@ -37,6 +37,8 @@ class Ledger:
     """Fills waiting for the first split, in the order they were sequenced."""
     sequence: int = 0
     """The last event applied."""
+    recorded_ns: int | None = None
+    """When the last event applied was journaled (None for rows older than schema 3)."""
 
     def apply(self, allocation: Allocation) -> None:
         """Book one journaled allocation."""
@@ -86,6 +88,7 @@ def replay(
     for event in history.events(until):
         yield event
         ledger.sequence = event.sequence
+        ledger.recorded_ns = event.recorded_ns
         if isinstance(event, SplitEvent):
             ledger.split = event.split
             released, ledger.pending = ledger.pending, []

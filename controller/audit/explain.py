@@ -1,0 +1,156 @@
+"""``audit explain FILL_ID``: why one fill was allocated as it was.
+
+For every account that could take part (accounts with a weight for a buy, holders for a sell):
+its weight and target before the fill, its value before, its shortfall against the target after
+the fill (what the rule closes), the shares it got, and its value and deviation after. Where
+slots of equal value competed for the last shares, the tie-break order (the documented per-fill
+key: ``mix64(hash(account) ^ hash(fill id))``, smaller first) is shown for the tied accounts.
+Amounts are micro-units; targets, which are fractions, are rounded half-even to micro-units.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from controller.audit.history import HistoryError, JournalHistory
+from controller.audit.ledger import Ledger, Step, replay
+from controller.domain import Allocation, Side, Split
+from controller.money import divide_half_even
+from controller.waterfill import mix64, stable_hash64
+
+
+@dataclass(frozen=True, slots=True)
+class AccountLine:
+    """One account's part in a fill (micro-units; percent in micro-percent)."""
+
+    account: str
+    percent: int
+    target_before: int
+    value_before: int
+    shortfall: int
+    """Target after the fill minus value before (a sell: value before minus target after)."""
+    shares: int
+    value_after: int
+    deviation_after: int
+    """Value after minus target after."""
+    tie_rank: int | None
+    """1 = first among the accounts whose equal slots competed for the last shares."""
+
+
+@dataclass(frozen=True, slots=True)
+class Explanation:
+    """A fill, the split in force, the book total before, and every account's line."""
+
+    fill_id: str
+    sequence: int
+    allocated_sequence: int | None
+    ticker: str
+    side: str
+    price: int
+    quantity: int
+    split_id: str
+    split_total: int
+    total_before: int
+    accounts: tuple[AccountLine, ...]
+
+    def as_dict(self) -> dict[str, object]:
+        """Plain data for ``--json``."""
+        return asdict(self)
+
+
+def explain(history: JournalHistory, fill_id: str) -> Explanation:
+    """The explanation of ``fill_id`` (``HistoryError`` if the journal does not hold it)."""
+    event = history.fill_event(fill_id)
+    if event is None:
+        raise HistoryError(f"fill {fill_id!r} is not in the journal")
+    fill = event.fill
+
+    def explanation(split: Split | None, ledger: Ledger | None) -> Explanation:
+        return Explanation(
+            fill_id=fill.fill_id,
+            sequence=event.sequence,
+            allocated_sequence=event.allocated_sequence,
+            ticker=fill.ticker,
+            side=fill.side.value,
+            price=fill.price,
+            quantity=fill.quantity,
+            split_id="" if split is None else split.split_id,
+            split_total=0 if split is None else split.total,
+            total_before=0 if ledger is None else ledger.total,
+            accounts=()
+            if split is None or ledger is None
+            else tuple(_lines(ledger, split, event.journaled)),
+        )
+
+    if event.allocated_sequence is None:
+        return explanation(None, None)
+    ledger = Ledger()
+    for item in replay(history, ledger, event.allocated_sequence):
+        if isinstance(item, Step) and item.event.fill.fill_id == fill_id:
+            return explanation(item.ledger.split, item.ledger)
+    raise HistoryError(f"fill {fill_id!r}: no allocation at sequence {event.allocated_sequence}")
+
+
+def _lines(ledger: Ledger, split: Split, allocation: Allocation) -> list[AccountLine]:
+    fill = allocation.fill
+    buy = fill.side is Side.BUY
+    scale = split.total
+    shares = dict(allocation.shares)
+    after = ledger.total + (fill.value if buy else -fill.value)
+    held = ledger.holdings.get(fill.ticker, {})
+    if buy:
+        accounts = sorted(a for a, p in split.percents.items() if p > 0)
+        caps = dict.fromkeys(accounts, fill.quantity)
+    else:
+        accounts = sorted(held)
+        caps = dict(held)
+    step = scale * fill.price
+    sign = 1 if buy else -1
+    # Slot k of account i is worth first[i] - step * k (scaled by S): a buy's shortfall, a sell's
+    # excess, against the target after the fill.
+    first = {
+        a: sign * (split.percents.get(a, 0) * after - scale * ledger.values.get(a, 0))
+        for a in accounts
+    }
+    ranks = _tie_ranks(first, shares, caps, step, fill.fill_id)
+    lines = []
+    for account in accounts:
+        percent = split.percents.get(account, 0)
+        before = ledger.values.get(account, 0)
+        value_after = before + sign * fill.price * shares.get(account, 0)
+        lines.append(
+            AccountLine(
+                account=account,
+                percent=percent,
+                target_before=divide_half_even(percent * ledger.total, scale),
+                value_before=before,
+                shortfall=divide_half_even(first[account], scale),
+                shares=shares.get(account, 0),
+                value_after=value_after,
+                deviation_after=value_after - divide_half_even(percent * after, scale),
+                tie_rank=ranks.get(account),
+            )
+        )
+    return lines
+
+
+def _tie_ranks(
+    first: dict[str, int], shares: dict[str, int], caps: dict[str, int], step: int, fill_id: str
+) -> dict[str, int]:
+    """Where equal slots competed for the last shares: each tied account's place in the
+    tie-break order. Empty when the cut fell between slots of different value."""
+    taken_last = {a: first[a] - step * (x - 1) for a, x in shares.items() if x > 0 and a in first}
+    if not taken_last:
+        return {}
+    cut = min(taken_last.values())
+    at_cut = {a for a, value in taken_last.items() if value == cut}
+    left_at_cut = {
+        a
+        for a, value in first.items()
+        if shares.get(a, 0) < caps[a] and value - step * shares.get(a, 0) == cut
+    }
+    if not left_at_cut:
+        return {}
+    seed = stable_hash64(fill_id)
+    tied = sorted(at_cut | left_at_cut, key=lambda a: mix64(stable_hash64(a) ^ seed))
+    return {account: rank for rank, account in enumerate(tied, start=1)}
