@@ -149,7 +149,7 @@ def run(accounts: int, seconds: float) -> LargeBookResult:
         workdir = Path(tmp)
         # The position service stands in for one on another host: on this 2-core machine it
         # would otherwise take the controller's core while it checks 100,000-account reports.
-        position = start("position", nice=10)
+        position = start("position", f"--history={workdir / 'history.db'}", nice=10)
         controller = start(
             "controller",
             f"--db={workdir / 'reports.db'}",

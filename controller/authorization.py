@@ -56,7 +56,7 @@ ROLE_METHODS: Mapping[str, frozenset[str]] = {
     VENUE: _methods(_CONTROLLER, "SubmitFill", "StreamFills"),
     "aum": _methods(_CONTROLLER, "SetAumSplit", "StreamAumSplits"),
     "reader": _methods(_CONTROLLER, "GetPositions", "GetFillAllocation")
-    | _methods(_POSITION, "GetLatestReport"),
+    | _methods(_POSITION, "GetLatestReport", "ListReports"),
     "controller": _methods(_POSITION, "ReportPositions"),
     ADMIN: frozenset(),  # every method: see AuthPolicy.allows
 }

@@ -33,15 +33,17 @@ M = TypeVar("M", bound=Message)
 T = TypeVar("T")
 
 
-def page_size(requested: int) -> int:
+def page_size(
+    requested: int, default: int = DEFAULT_PAGE_SIZE, largest: int = MAX_PAGE_SIZE
+) -> int:
     """The page size to use for a request's ``page_size`` (0 = default, capped at the max)."""
     if requested < 0:
         raise Rejected(
             RejectReason.INVALID_ARGUMENT,
             "page_size",
-            f"page_size {requested} must be >= 0 (0 means {DEFAULT_PAGE_SIZE})",
+            f"page_size {requested} must be >= 0 (0 means {default})",
         )
-    return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+    return min(requested or default, largest)
 
 
 def encode_token(key: str, offset: int) -> str:

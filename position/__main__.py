@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from controller.serving import (
     wait_for_signal,
 )
 from controller.transport import TLSError
+from position.history import DEFAULT_KEEP, ReportHistory
 from position.render import PER_TICKER_CHOICES, RenderOptions
 from position.service import PositionService
 
@@ -66,6 +68,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--jsonl", type=Path, default=None, help="also append each report as a JSON line here"
     )
     parser.add_argument(
+        "--history",
+        type=Path,
+        default=Path("var/position-history.db"),
+        help="SQLite file keeping accepted reports across restarts (the latest whole, the"
+        " newest --history-reports headers for ListReports)",
+    )
+    parser.add_argument(
+        "--history-reports",
+        type=positive_int,
+        default=DEFAULT_KEEP,
+        help="report headers kept in --history (the oldest are dropped)",
+    )
+    parser.add_argument(
         "--grace", type=non_negative_seconds, default=5.0, help="shutdown drain, seconds"
     )
     parser.add_argument(
@@ -97,6 +112,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.critical("cannot start: %s", error)
         return 2
     try:
+        history = ReportHistory(args.history, args.history_reports)
+    except (OSError, sqlite3.Error) as error:
+        log.critical("cannot open the report history %s: %s", args.history, error)
+        return 2
+    try:
         server, health, port = create_server(
             f"{args.host}:{args.port}", [POSITION_SERVICE], tls=tls, policy=policy
         )
@@ -106,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.critical("cannot listen: %s", error)
         return 2
     position_service_pb2_grpc.add_PositionServiceServicer_to_server(
-        PositionService(console, options, args.jsonl), server
+        PositionService(console, options, args.jsonl, history), server
     )
     server.start()
     set_serving(health, [POSITION_SERVICE])
@@ -115,6 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.info("stopping", extra={"signal": signum})
     health.enter_graceful_shutdown()
     server.stop(args.grace).wait()
+    history.close()
     log.info("stopped")
     return 0
 

@@ -33,12 +33,17 @@ from controller.paging import (
     page_size,
 )
 from controller.serving import POSITION_SERVICE
+from controller.validation import timestamp_ns
+from position.history import ReportHistory
 from position.render import RenderOptions, check_report, render_report
 
 log = logging.getLogger(__name__)
 
 # Journals whose newest sequence is remembered (the oldest-seen are forgotten beyond this).
 MAX_JOURNALS = 1_000
+# Report headers per ListReports page (each is small: no accounts).
+DEFAULT_REPORTS_PAGE = 100
+MAX_REPORTS_PAGE = 1_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,14 +89,31 @@ class PositionService(position_service_pb2_grpc.PositionServiceServicer):
     """Accepts reports newer than the last of their journal; shows them and appends them to
     ``jsonl``."""
 
-    def __init__(self, console: Console, options: RenderOptions, jsonl: Path | None = None) -> None:
-        """Print accepted reports to ``console`` as ``options`` say."""
+    def __init__(
+        self,
+        console: Console,
+        options: RenderOptions,
+        jsonl: Path | None = None,
+        history: ReportHistory | None = None,
+    ) -> None:
+        """Print accepted reports to ``console`` as ``options`` say; with a ``history``, keep
+        them there and start from what it holds (the latest report, each journal's newest
+        sequence)."""
         self._console = console
         self._options = options
         self._jsonl = jsonl
+        self._history = history
         self._lock = threading.Lock()
         self._newest: OrderedDict[str, int] = OrderedDict()
         self._latest: KeptReport | None = None
+        if history is not None:
+            self._newest.update(history.newest_sequences())
+            latest = history.latest()
+            if latest is not None:
+                header = allocation_pb2.PositionReport()
+                header.CopyFrom(latest)
+                header.ClearField("accounts")
+                self._latest = KeptReport(header, latest)
         # Reports being paged through by GetLatestReport, so a listing can finish after newer
         # reports arrive.
         self._listings: ListingCache[KeptReport] = ListingCache()
@@ -155,6 +177,8 @@ class PositionService(position_service_pb2_grpc.PositionServiceServicer):
             self._newest.move_to_end(report.journal_id)
             while len(self._newest) > MAX_JOURNALS:
                 self._newest.popitem(last=False)
+            if self._history is not None:
+                self._history.add(kept.header, report)
             self._latest = kept
             self._console.print(render_report(report, self._options))
             if self._jsonl is not None:
@@ -196,4 +220,44 @@ class PositionService(position_service_pb2_grpc.PositionServiceServicer):
         )
         if start + shown < len(accounts):
             response.next_page_token = encode_token(key, start + shown)
+        return response
+
+    def ListReports(
+        self, request: position_service_pb2.ListReportsRequest, context: grpc.ServicerContext
+    ) -> position_service_pb2.ListReportsResponse:
+        """A page of kept report headers generated in the requested time range."""
+        with refusals_abort(context, POSITION_SERVICE):
+            size = page_size(request.page_size, DEFAULT_REPORTS_PAGE, MAX_REPORTS_PAGE)
+            start = (
+                timestamp_ns(request.start_time, "start_time")
+                if request.HasField("start_time")
+                else 0
+            )
+            end = (
+                timestamp_ns(request.end_time, "end_time")
+                if request.HasField("end_time")
+                else 1 << 63
+            )
+            key = f"{start}-{end}"
+            after = 0
+            if request.page_token:
+                token_key, after = decode_token(request.page_token)
+                if token_key != key:
+                    raise Rejected(
+                        RejectReason.INVALID_ARGUMENT,
+                        "page_token",
+                        "page_token belongs to a listing with another start_time or end_time",
+                    )
+            if self._history is None:
+                raise Rejected(
+                    RejectReason.NOT_FOUND,
+                    "",
+                    "this position service keeps no history (started without --history)",
+                )
+            found = self._history.between(start, end, after, size + 1)
+        response = position_service_pb2.ListReportsResponse(
+            reports=[stored.header for stored in found[:size]]
+        )
+        if len(found) > size:
+            response.next_page_token = encode_token(key, found[size - 1].id)
         return response

@@ -36,6 +36,7 @@ from controller.service import ControllerService
 from controller.serving import create_server, set_serving
 from controller.transport import PLAINTEXT, TLSConfig, open_channel
 from controller.validation import DEFAULT_TICKERS
+from position.history import ReportHistory
 from position.render import RenderOptions
 from position.service import PositionService
 from tests.fakes import RecordingPositionService
@@ -328,16 +329,23 @@ class RunningPositionService:
 
 @contextlib.contextmanager
 def serve_position(
-    directory: Path, tls: TLSConfig = PLAINTEXT, policy: AuthPolicy | None = None
+    directory: Path,
+    tls: TLSConfig = PLAINTEXT,
+    policy: AuthPolicy | None = None,
+    history: ReportHistory | None = None,
 ) -> Iterator[tuple[int, io.StringIO, PositionService]]:
     """The real PositionService on a free port, printing plain text into a buffer and
-    appending reports to ``directory/reports.jsonl``; its port, output and service."""
+    appending reports to ``directory/reports.jsonl`` (and keeping them in ``history``); its
+    port, output and service."""
     output = io.StringIO()
     console = Console(file=output, width=120, no_color=True)
     names = ["allocation.v1.PositionService"]
     server, health, port = create_server("127.0.0.1:0", names, tls=tls, policy=policy)
     service = PositionService(
-        console, RenderOptions(max_rows=3, plain=True), jsonl=directory / "reports.jsonl"
+        console,
+        RenderOptions(max_rows=3, plain=True),
+        jsonl=directory / "reports.jsonl",
+        history=history,
     )
     position_service_pb2_grpc.add_PositionServiceServicer_to_server(service, server)
     server.start()

@@ -48,6 +48,11 @@ class RecordingPositionService(position_service_pb2_grpc.PositionServiceServicer
     ) -> position_service_pb2.GetLatestReportResponse:
         context.abort(grpc.StatusCode.UNIMPLEMENTED, "the recording fake keeps no latest report")
 
+    def ListReports(
+        self, request: position_service_pb2.ListReportsRequest, context: grpc.ServicerContext
+    ) -> position_service_pb2.ListReportsResponse:
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "the recording fake keeps no history")
+
     def next_report(self, timeout: float = 10.0) -> allocation_pb2.PositionReport:
         """The next report received, waiting up to ``timeout`` seconds."""
         return self.reports.get(timeout=timeout)

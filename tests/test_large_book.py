@@ -50,7 +50,7 @@ def test_a_20000_account_book_reports_and_pages_end_to_end(
         programs.append(program)
         return program
 
-    position = start("position", "--port=0")
+    position = start("position", "--port=0", f"--history={tmp_path / 'history.db'}")
     position_port = position.wait_listening()
     controller = start(
         "controller",

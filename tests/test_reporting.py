@@ -127,7 +127,9 @@ def test_reports_queued_while_the_position_service_was_paused_are_never_shown(
     """SIGSTOP the position service for 4 s while the controller reports every 0.3 s: the
     reports its sender gave up on during the pause must not be shown late, after SIGCONT."""
     jsonl = tmp_path / "reports.jsonl"
-    position = start_program("position", "--port=0", f"--jsonl={jsonl}")
+    position = start_program(
+        "position", "--port=0", f"--jsonl={jsonl}", f"--history={tmp_path / 'history.db'}"
+    )
     programs.append(position)
     port = position.wait_listening()
     controller = start_program(

@@ -382,7 +382,11 @@ def test_whole_system_runs_with_mutual_tls_end_to_end(
 ) -> None:
     policy = f"--auth-policy={pki.directory / 'policy.toml'}"
     position = start_program(
-        "position", "--port=0", policy, *tls_options(pki, "position", server=True)
+        "position",
+        "--port=0",
+        f"--history={tmp_path / 'history.db'}",
+        policy,
+        *tls_options(pki, "position", server=True),
     )
     programs.append(position)
     controller = start_program(

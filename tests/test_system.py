@@ -49,7 +49,14 @@ def test_whole_system_reports_what_the_fill_servers_sent(
     tmp_path: Path, programs: list[Program]
 ) -> None:
     jsonl = tmp_path / "reports.jsonl"
-    position = start(programs, "position", "--port=0", f"--jsonl={jsonl}", capture_output=True)
+    position = start(
+        programs,
+        "position",
+        "--port=0",
+        f"--jsonl={jsonl}",
+        f"--history={tmp_path / 'history.db'}",
+        capture_output=True,
+    )
     position_port = position.wait_listening()
     controller = start(
         programs,

@@ -269,8 +269,9 @@ def _accounts_table(explanation: Explanation) -> Table:
     )  # fmt: skip
     for header in headers:
         # Exact amounts are long: fold them onto a second line rather than cut them.
-        justify = "left" if header == "account" else "right"
-        table.add_column(header, justify=justify, overflow="fold")
+        table.add_column(
+            header, justify="left" if header == "account" else "right", overflow="fold"
+        )
     for line in explanation.accounts:
         table.add_row(
             line.account,

@@ -23,25 +23,30 @@ _sym_db = _symbol_database.Default()
 
 
 from allocation.v1 import allocation_pb2 as allocation_dot_v1_dot_allocation__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$allocation/v1/position_service.proto\x12\rallocation.v1\x1a\x1e\x61llocation/v1/allocation.proto\"^\n\x16ReportPositionsRequest\x12-\n\x06report\x18\x01 \x01(\x0b\x32\x1d.allocation.v1.PositionReport\x12\x15\n\raccount_count\x18\x02 \x01(\x03\"5\n\rReportReceipt\x12\x12\n\njournal_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x03\"\x8b\x01\n\x17ReportPositionsResponse\x12\x30\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x0b\x32\x1c.allocation.v1.ReportReceiptH\x00\x12-\n\trejection\x18\x03 \x01(\x0b\x32\x18.allocation.v1.RejectionH\x00\x42\t\n\x07outcomeJ\x04\x08\x01\x10\x02\"?\n\x16GetLatestReportRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"u\n\x17GetLatestReportResponse\x12-\n\x06report\x18\x01 \x01(\x0b\x32\x1d.allocation.v1.PositionReport\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x03\x32\xd7\x01\n\x0fPositionService\x12\x62\n\x0fReportPositions\x12%.allocation.v1.ReportPositionsRequest\x1a&.allocation.v1.ReportPositionsResponse(\x01\x12`\n\x0fGetLatestReport\x12%.allocation.v1.GetLatestReportRequest\x1a&.allocation.v1.GetLatestReportResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$allocation/v1/position_service.proto\x12\rallocation.v1\x1a\x1e\x61llocation/v1/allocation.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"^\n\x16ReportPositionsRequest\x12-\n\x06report\x18\x01 \x01(\x0b\x32\x1d.allocation.v1.PositionReport\x12\x15\n\raccount_count\x18\x02 \x01(\x03\"5\n\rReportReceipt\x12\x12\n\njournal_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x03\"\x8b\x01\n\x17ReportPositionsResponse\x12\x30\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x0b\x32\x1c.allocation.v1.ReportReceiptH\x00\x12-\n\trejection\x18\x03 \x01(\x0b\x32\x18.allocation.v1.RejectionH\x00\x42\t\n\x07outcomeJ\x04\x08\x01\x10\x02\"?\n\x16GetLatestReportRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"u\n\x17GetLatestReportResponse\x12-\n\x06report\x18\x01 \x01(\x0b\x32\x1d.allocation.v1.PositionReport\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x03\"\x99\x01\n\x12ListReportsRequest\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"^\n\x13ListReportsResponse\x12.\n\x07reports\x18\x01 \x03(\x0b\x32\x1d.allocation.v1.PositionReport\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xad\x02\n\x0fPositionService\x12\x62\n\x0fReportPositions\x12%.allocation.v1.ReportPositionsRequest\x1a&.allocation.v1.ReportPositionsResponse(\x01\x12`\n\x0fGetLatestReport\x12%.allocation.v1.GetLatestReportRequest\x1a&.allocation.v1.GetLatestReportResponse\x12T\n\x0bListReports\x12!.allocation.v1.ListReportsRequest\x1a\".allocation.v1.ListReportsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'allocation.v1.position_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_REPORTPOSITIONSREQUEST']._serialized_start=87
-  _globals['_REPORTPOSITIONSREQUEST']._serialized_end=181
-  _globals['_REPORTRECEIPT']._serialized_start=183
-  _globals['_REPORTRECEIPT']._serialized_end=236
-  _globals['_REPORTPOSITIONSRESPONSE']._serialized_start=239
-  _globals['_REPORTPOSITIONSRESPONSE']._serialized_end=378
-  _globals['_GETLATESTREPORTREQUEST']._serialized_start=380
-  _globals['_GETLATESTREPORTREQUEST']._serialized_end=443
-  _globals['_GETLATESTREPORTRESPONSE']._serialized_start=445
-  _globals['_GETLATESTREPORTRESPONSE']._serialized_end=562
-  _globals['_POSITIONSERVICE']._serialized_start=565
-  _globals['_POSITIONSERVICE']._serialized_end=780
+  _globals['_REPORTPOSITIONSREQUEST']._serialized_start=120
+  _globals['_REPORTPOSITIONSREQUEST']._serialized_end=214
+  _globals['_REPORTRECEIPT']._serialized_start=216
+  _globals['_REPORTRECEIPT']._serialized_end=269
+  _globals['_REPORTPOSITIONSRESPONSE']._serialized_start=272
+  _globals['_REPORTPOSITIONSRESPONSE']._serialized_end=411
+  _globals['_GETLATESTREPORTREQUEST']._serialized_start=413
+  _globals['_GETLATESTREPORTREQUEST']._serialized_end=476
+  _globals['_GETLATESTREPORTRESPONSE']._serialized_start=478
+  _globals['_GETLATESTREPORTRESPONSE']._serialized_end=595
+  _globals['_LISTREPORTSREQUEST']._serialized_start=598
+  _globals['_LISTREPORTSREQUEST']._serialized_end=751
+  _globals['_LISTREPORTSRESPONSE']._serialized_start=753
+  _globals['_LISTREPORTSRESPONSE']._serialized_end=847
+  _globals['_POSITIONSERVICE']._serialized_start=850
+  _globals['_POSITIONSERVICE']._serialized_end=1151
 # @@protoc_insertion_point(module_scope)

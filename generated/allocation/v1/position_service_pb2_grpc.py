@@ -48,6 +48,11 @@ class PositionServiceStub:
                 request_serializer=allocation_dot_v1_dot_position__service__pb2.GetLatestReportRequest.SerializeToString,
                 response_deserializer=allocation_dot_v1_dot_position__service__pb2.GetLatestReportResponse.FromString,
                 _registered_method=True)
+        self.ListReports = channel.unary_unary(
+                '/allocation.v1.PositionService/ListReports',
+                request_serializer=allocation_dot_v1_dot_position__service__pb2.ListReportsRequest.SerializeToString,
+                response_deserializer=allocation_dot_v1_dot_position__service__pb2.ListReportsResponse.FromString,
+                _registered_method=True)
 
 
 class PositionServiceServicer:
@@ -76,6 +81,15 @@ class PositionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListReports(self, request, context):
+        """Past reports (their headers: every field but the accounts) accepted in a time range, in the
+        order they were accepted, a page at a time (AIP-158). The service keeps the newest
+        `--history-reports` of them across restarts.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PositionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -88,6 +102,11 @@ def add_PositionServiceServicer_to_server(servicer, server):
                     servicer.GetLatestReport,
                     request_deserializer=allocation_dot_v1_dot_position__service__pb2.GetLatestReportRequest.FromString,
                     response_serializer=allocation_dot_v1_dot_position__service__pb2.GetLatestReportResponse.SerializeToString,
+            ),
+            'ListReports': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListReports,
+                    request_deserializer=allocation_dot_v1_dot_position__service__pb2.ListReportsRequest.FromString,
+                    response_serializer=allocation_dot_v1_dot_position__service__pb2.ListReportsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -148,6 +167,33 @@ class PositionService:
             '/allocation.v1.PositionService/GetLatestReport',
             allocation_dot_v1_dot_position__service__pb2.GetLatestReportRequest.SerializeToString,
             allocation_dot_v1_dot_position__service__pb2.GetLatestReportResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListReports(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/allocation.v1.PositionService/ListReports',
+            allocation_dot_v1_dot_position__service__pb2.ListReportsRequest.SerializeToString,
+            allocation_dot_v1_dot_position__service__pb2.ListReportsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -48,6 +48,11 @@ class PositionServiceStub:
     """The report accepted most recently (from any journal), one page of accounts at a time
     (AIP-158). Error: NOT_FOUND before the first report.
     """
+    ListReports: _grpc.UnaryUnaryMultiCallable[_position_service_pb2.ListReportsRequest, _position_service_pb2.ListReportsResponse]
+    """Past reports (their headers: every field but the accounts) accepted in a time range, in the
+    order they were accepted, a page at a time (AIP-158). The service keeps the newest
+    `--history-reports` of them across restarts.
+    """
 
 @_typing.type_check_only
 class PositionServiceAsyncStub(PositionServiceStub):
@@ -68,6 +73,11 @@ class PositionServiceAsyncStub(PositionServiceStub):
     GetLatestReport: _aio.UnaryUnaryMultiCallable[_position_service_pb2.GetLatestReportRequest, _position_service_pb2.GetLatestReportResponse]  # type: ignore[assignment]
     """The report accepted most recently (from any journal), one page of accounts at a time
     (AIP-158). Error: NOT_FOUND before the first report.
+    """
+    ListReports: _aio.UnaryUnaryMultiCallable[_position_service_pb2.ListReportsRequest, _position_service_pb2.ListReportsResponse]  # type: ignore[assignment]
+    """Past reports (their headers: every field but the accounts) accepted in a time range, in the
+    order they were accepted, a page at a time (AIP-158). The service keeps the newest
+    `--history-reports` of them across restarts.
     """
 
 class PositionServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -98,6 +108,17 @@ class PositionServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_position_service_pb2.GetLatestReportResponse, _abc.Awaitable[_position_service_pb2.GetLatestReportResponse]]:
         """The report accepted most recently (from any journal), one page of accounts at a time
         (AIP-158). Error: NOT_FOUND before the first report.
+        """
+
+    @_abc_1.abstractmethod
+    def ListReports(
+        self,
+        request: _position_service_pb2.ListReportsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_position_service_pb2.ListReportsResponse, _abc.Awaitable[_position_service_pb2.ListReportsResponse]]:
+        """Past reports (their headers: every field but the accounts) accepted in a time range, in the
+        order they were accepted, a page at a time (AIP-158). The service keeps the newest
+        `--history-reports` of them across restarts.
         """
 
 def add_PositionServiceServicer_to_server(servicer: PositionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
