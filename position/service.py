@@ -236,7 +236,7 @@ class PositionService(position_service_pb2_grpc.PositionServiceServicer):
             end = (
                 timestamp_ns(request.end_time, "end_time")
                 if request.HasField("end_time")
-                else 1 << 63
+                else (1 << 63) - 1
             )
             key = f"{start}-{end}"
             after = 0

@@ -15,7 +15,9 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
@@ -159,6 +161,15 @@ def _console() -> Console:
     return console
 
 
+def _plain(console: Console) -> bool:
+    """Output that is not a terminal gets ASCII tables."""
+    return not console.is_terminal
+
+
+def _table(title: str, plain: bool, **options: Any) -> Table:
+    return Table(title=title, box=box.ASCII if plain else box.HEAVY_HEAD, **options)
+
+
 @contextmanager
 def _progress(console: Console, total: int, what: str) -> Iterator[Callable[[int], None]]:
     """A progress bar on a terminal; nothing when piped."""
@@ -177,16 +188,16 @@ def run_verify(args: argparse.Namespace, history: JournalHistory, console: Conso
     until = _sequence(history, args.until, start=False)
     with _progress(console, history.event_count(until), "verifying") as progress:
         result = verify(history, since, until, progress)
-    console.print(_summary(result))
+    console.print(_summary(result, _plain(console)))
     if result.mismatches:
-        console.print(_mismatch_table(result, args.show))
+        console.print(_mismatch_table(result, args.show, _plain(console)))
         return EXIT_FOUND
     console.print("verified: every allocation is the rule's answer and optimal; no mismatch")
     return EXIT_OK
 
 
-def _summary(result: Verification) -> Table:
-    table = Table(title="journal verification")
+def _summary(result: Verification, plain: bool) -> Table:
+    table = _table("journal verification", plain)
     for column in (
         "events",
         "fills",
@@ -212,9 +223,9 @@ def _summary(result: Verification) -> Table:
     return table
 
 
-def _mismatch_table(result: Verification, shown: int) -> Table:
+def _mismatch_table(result: Verification, shown: int, plain: bool) -> Table:
     total = len(result.mismatches)
-    table = Table(title=f"mismatches (first {min(shown, total)} of {total:,})")
+    table = _table(f"mismatches (first {min(shown, total)} of {total:,})", plain)
     for column in ("sequence", "subject", "problem", "journaled", "expected"):
         table.add_column(column, overflow="fold")
     for mismatch in result.mismatches[:shown]:
@@ -234,14 +245,14 @@ def run_explain(args: argparse.Namespace, history: JournalHistory, console: Cons
     if args.json:
         print(json.dumps(explanation.as_dict(), indent=2))
         return EXIT_OK
-    console.print(_fill_table(explanation))
+    console.print(_fill_table(explanation, _plain(console)))
     if explanation.accounts:
-        console.print(_accounts_table(explanation))
+        console.print(_accounts_table(explanation, _plain(console)))
     return EXIT_OK
 
 
-def _fill_table(explanation: Explanation) -> Table:
-    table = Table(title=f"fill {explanation.fill_id}", show_header=False)
+def _fill_table(explanation: Explanation, plain: bool) -> Table:
+    table = _table(f"fill {explanation.fill_id}", plain, show_header=False)
     table.add_column("field")
     table.add_column("value")
     allocated = explanation.allocated_sequence
@@ -260,8 +271,8 @@ def _fill_table(explanation: Explanation) -> Table:
     return table
 
 
-def _accounts_table(explanation: Explanation) -> Table:
-    table = Table(title="accounts (amounts exact; targets rounded to 6 decimals)")
+def _accounts_table(explanation: Explanation, plain: bool) -> Table:
+    table = _table("accounts (amounts exact; targets rounded to 6 decimals)", plain)
     headers = (
         "account", "weight %", "target before", "value before", "shortfall" if
         explanation.side == "buy" else "excess", "shares", "value after", "deviation after",
@@ -293,7 +304,7 @@ def run_positions(args: argparse.Namespace, history: JournalHistory, console: Co
     assert sequence is not None
     report = positions_as_of(history, sequence)
     console.print(f"positions as of journal sequence {sequence}")
-    options = RenderOptions(args.max_rows, plain=not console.is_terminal)
+    options = RenderOptions(args.max_rows, plain=_plain(console))
     console.print(render_report(report, options))
     return EXIT_OK
 
@@ -325,13 +336,13 @@ def run_fairness(args: argparse.Namespace, history: JournalHistory, console: Con
     since = _sequence(history, args.since, start=True) or 0
     until = _sequence(history, args.until, start=False)
     result = tally(history, since, until, args.alpha)
-    console.print(_fairness_table(result))
+    console.print(_fairness_table(result, _plain(console)))
     console.print(result.verdict())
     return EXIT_FOUND if result.biased else EXIT_OK
 
 
-def _fairness_table(result: Fairness) -> Table:
-    table = Table(title=f"fairness over {result.fills:,} fills ({result.buys:,} buys)")
+def _fairness_table(result: Fairness, plain: bool) -> Table:
+    table = _table(f"fairness over {result.fills:,} fills ({result.buys:,} buys)", plain)
     for header in (
         "account", "bought", "value bought", "sold", "remainders", "expected",
         "mean deviation bp", "worst deviation bp",

@@ -24,7 +24,8 @@ from controller.audit.ledger import Ledger, Step, replay
 from controller.domain import Allocation, Side, Split
 
 DEFAULT_ALPHA = 0.001
-# The chi-square approximation needs about this many expected remainders per account.
+# The chi-square approximation needs about this many expected remainders per category:
+# accounts expecting fewer are pooled.
 MIN_EXPECTED = 5.0
 
 
@@ -70,9 +71,8 @@ class Fairness:
 
     @property
     def enough_data(self) -> bool:
-        """Whether every account with expected remainders expects at least ``MIN_EXPECTED``."""
-        expected = [a.expected_remainders for a in self.accounts.values() if a.expected_remainders]
-        return bool(expected) and min(expected) >= MIN_EXPECTED
+        """Whether the test can say anything: at least two categories were compared."""
+        return self.degrees_of_freedom >= 1
 
     @property
     def biased(self) -> bool:
@@ -83,8 +83,8 @@ class Fairness:
         """One plain sentence."""
         if not self.enough_data:
             return (
-                f"not enough remainder shares to test ({self.remainders}; every account needs"
-                f" {MIN_EXPECTED:g} expected): no conclusion"
+                f"not enough remainder shares to test ({self.remainders} over"
+                f" {self.buys} buys): no conclusion"
             )
         if self.biased:
             return (
@@ -202,17 +202,30 @@ def _deviations(result: Fairness, ledger: Ledger) -> None:
 
 
 def finish(result: Fairness) -> None:
-    """Run the chi-square test over the accounts that expected remainders."""
+    """Run the chi-square test: accounts expecting at least ``MIN_EXPECTED`` remainders are
+    categories of their own, the others are pooled into one (the usual condition for the
+    chi-square approximation). Remainders where none were expected at all are bias outright."""
     from scipy.stats import chisquare
 
-    tested = [a for a in result.accounts.values() if a.expected_remainders > 0]
-    observed = [a.remainders for a in tested]
-    if len(tested) < 2 or sum(observed) == 0:
+    categories: list[tuple[float, int]] = []
+    pooled_expected, pooled_observed = 0.0, 0
+    for figures in result.accounts.values():
+        if figures.expected_remainders >= MIN_EXPECTED:
+            categories.append((figures.expected_remainders, figures.remainders))
+        else:
+            pooled_expected += figures.expected_remainders
+            pooled_observed += figures.remainders
+    if pooled_expected > 0 or pooled_observed:
+        categories.append((pooled_expected, pooled_observed))
+    observed = [count for _, count in categories]
+    if len(categories) < 2 or sum(observed) == 0:
         return
-    expected = [a.expected_remainders for a in tested]
+    result.degrees_of_freedom = len(categories) - 1
+    if any(expected == 0 and count for expected, count in categories):
+        result.statistic, result.p_value = float("inf"), 0.0
+        return
     # The fractions sum to the remainders on every fill; rescaling removes float rounding.
-    factor = sum(observed) / sum(expected)
-    test = chisquare(observed, [e * factor for e in expected])
+    factor = sum(observed) / sum(expected for expected, _ in categories)
+    test = chisquare(observed, [expected * factor for expected, _ in categories])
     result.statistic = float(test.statistic)
-    result.degrees_of_freedom = len(tested) - 1
     result.p_value = float(test.pvalue)
