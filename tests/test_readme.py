@@ -11,9 +11,14 @@ from pathlib import Path
 
 import pytest
 
+from controller.book import Book
 from controller.domain import Split
+from controller.journal import Journal
 from controller.money import MICRO
-from tests.conftest import ROOT, Pki, serve_controller, serve_position
+from controller.sequencer import Sequencer
+from controller.validation import DEFAULT_TICKERS, parse_fill, parse_split
+from position.history import ReportHistory
+from tests.conftest import ROOT, Pki, fill, serve_controller, serve_position, split_request
 
 GRPCURL = Path(sys.executable).parent / "grpcurl"
 
@@ -46,7 +51,9 @@ def test_readme_grpcurl_commands_work_as_written(pki: Pki, tmp_path: Path) -> No
     assert len(lines) >= 8
     with (
         serve_controller(tmp_path, pki.tls("controller"), pki.policy) as (_, port, _sequencer),
-        serve_position(tmp_path, pki.tls("position"), pki.policy) as (position_port, _, _),
+        serve_position(
+            tmp_path, pki.tls("position"), pki.policy, ReportHistory(tmp_path / "history.db")
+        ) as (position_port, _, _),
     ):
         for line in lines:
             run_line(line, port, position_port, pki)
@@ -95,3 +102,26 @@ def test_readme_python_client_runs_as_written(pki: Pki, tmp_path: Path) -> None:
         assert len(lines) == 100
         assert lines[0].startswith("venue-1/order-7-0 {'alice': 150, 'bob': 100}")
         assert sequencer.lookup("venue-1/order-7-99") is not None
+
+
+def test_readme_explain_example_is_what_the_audit_tool_prints(tmp_path: Path) -> None:
+    """The README's split and fill journaled by a real sequencer, then explained."""
+    journal = Journal(tmp_path / "journal.db", synchronous="OFF")
+    sequencer = Sequencer(Book(DEFAULT_TICKERS), journal)
+    sequencer.start()
+    percents = {"alice": "60", "bob": "25.5", "carol": "14.5"}
+    sequencer.set_split(parse_split(split_request(percents, "readme-1").split))
+    walkthrough = fill("venue-1/readme-fill-1", 100, "189.25")
+    sequencer.submit_fills([parse_fill(walkthrough, DEFAULT_TICKERS)])
+    sequencer.stop()
+    journal.close()
+    run = subprocess.run(
+        [sys.executable, "-m", "controller", "audit", "explain", walkthrough.fill_id,
+         f"--db={tmp_path / 'journal.db'}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    printed = [line.strip() for line in run.stdout.splitlines() if line.strip()]
+    text = (ROOT / "README.md").read_text()
+    shown = text.split("share and the per-fill key gives it to carol):\n\n```\n", 1)[1]
+    assert printed == [line.strip() for line in shown.split("```", 1)[0].splitlines()]
