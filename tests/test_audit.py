@@ -291,3 +291,16 @@ def test_fairness_detects_remainders_always_given_to_one_account(tmp_path: Path)
     run = audit("fairness", f"--db={path}")
     assert run.returncode == 1
     assert "BIAS DETECTED" in run.stdout
+
+
+def test_the_console_script_runs_the_audit_tool(small_journal: Path) -> None:
+    script = Path(sys.executable).parent / "allocation-audit"
+    run = subprocess.run(
+        [str(script), "verify", f"--db={small_journal}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "no mismatch" in run.stdout
