@@ -1,9 +1,9 @@
 """The position service's report history: kept across restarts, bounded by a retention count.
 
-Every accepted report's header (every field but the accounts) is stored, at most ``keep`` of
-them (the oldest are dropped); the latest report is stored whole, so ``GetLatestReport``
-answers after a restart and the staleness check (newer than the journal's last) survives it.
-SQLite, one transaction per accepted report.
+Every accepted report is stored whole, with its header (every field but the accounts) beside it
+so that listings without accounts read little; at most ``keep`` reports are kept (the oldest are
+dropped). The newest one is what ``GetLatestReport`` answers after a restart, and each journal's
+newest sequence keeps refusing stale reports. SQLite, one transaction per accepted report.
 """
 
 from __future__ import annotations
@@ -23,27 +23,24 @@ CREATE TABLE IF NOT EXISTS reports (
     journal_id TEXT NOT NULL,
     sequence INTEGER NOT NULL,
     generate_ns INTEGER NOT NULL,
-    header BLOB NOT NULL
-);
-CREATE INDEX IF NOT EXISTS reports_by_time ON reports (generate_ns, id);
-CREATE TABLE IF NOT EXISTS latest (
-    slot INTEGER PRIMARY KEY CHECK (slot = 1),
+    header BLOB NOT NULL,
     report BLOB NOT NULL
 );
+CREATE INDEX IF NOT EXISTS reports_by_time ON reports (generate_ns, id);
 PRAGMA user_version = 1;
 """
 
 
 @dataclass(frozen=True, slots=True)
-class StoredHeader:
-    """One kept report header and its place in the history."""
+class StoredReport:
+    """One kept report (or its header) and its place in the history."""
 
     id: int
-    header: allocation_pb2.PositionReport
+    report: allocation_pb2.PositionReport
 
 
 class ReportHistory:
-    """Accepted reports, newest ``keep`` headers and the latest whole report, in SQLite."""
+    """The newest ``keep`` accepted reports, in SQLite."""
 
     def __init__(self, path: Path, keep: int = DEFAULT_KEEP) -> None:
         """Open (or create) the history at ``path``."""
@@ -57,18 +54,21 @@ class ReportHistory:
     def add(
         self, header: allocation_pb2.PositionReport, report: allocation_pb2.PositionReport
     ) -> None:
-        """Keep an accepted report (its header in the history, the whole as the latest)."""
+        """Keep an accepted report (``header`` is the report without its accounts)."""
         generate_ns = header.generate_time.ToNanoseconds()
         with self._lock:
             db = self._db
             db.execute("BEGIN")
             db.execute(
-                "INSERT INTO reports (journal_id, sequence, generate_ns, header) VALUES (?,?,?,?)",
-                (header.journal_id, header.sequence, generate_ns, header.SerializeToString()),
-            )
-            db.execute(
-                "INSERT OR REPLACE INTO latest (slot, report) VALUES (1, ?)",
-                (report.SerializeToString(),),
+                "INSERT INTO reports (journal_id, sequence, generate_ns, header, report)"
+                " VALUES (?,?,?,?,?)",
+                (
+                    header.journal_id,
+                    header.sequence,
+                    generate_ns,
+                    header.SerializeToString(),
+                    report.SerializeToString(),
+                ),
             )
             db.execute(
                 "DELETE FROM reports WHERE id <= (SELECT max(id) FROM reports) - ?", (self._keep,)
@@ -78,7 +78,7 @@ class ReportHistory:
     def latest(self) -> allocation_pb2.PositionReport | None:
         """The latest report accepted, whole."""
         with self._lock:
-            row = self._db.execute("SELECT report FROM latest").fetchone()
+            row = self._db.execute("SELECT report FROM reports ORDER BY id DESC LIMIT 1").fetchone()
         return None if row is None else allocation_pb2.PositionReport.FromString(row[0])
 
     def newest_sequences(self) -> dict[str, int]:
@@ -90,16 +90,19 @@ class ReportHistory:
             ).fetchall()
         return {journal_id: sequence for journal_id, sequence, _ in rows}
 
-    def between(self, start_ns: int, end_ns: int, after_id: int, limit: int) -> list[StoredHeader]:
-        """Up to ``limit`` headers generated in ``[start_ns, end_ns)`` with an id above
-        ``after_id``, in the order they were accepted."""
+    def between(
+        self, start_ns: int, end_ns: int, after_id: int, limit: int, full: bool
+    ) -> list[StoredReport]:
+        """Up to ``limit`` reports generated in ``[start_ns, end_ns)`` with an id above
+        ``after_id``, in the order they were accepted; whole if ``full``, else headers."""
+        column = "report" if full else "header"
         with self._lock:
             rows = self._db.execute(
-                "SELECT id, header FROM reports WHERE generate_ns >= ? AND generate_ns < ?"
+                f"SELECT id, {column} FROM reports WHERE generate_ns >= ? AND generate_ns < ?"
                 " AND id > ? ORDER BY id LIMIT ?",
                 (start_ns, end_ns, after_id, limit),
             ).fetchall()
-        return [StoredHeader(i, allocation_pb2.PositionReport.FromString(h)) for i, h in rows]
+        return [StoredReport(i, allocation_pb2.PositionReport.FromString(r)) for i, r in rows]
 
     def close(self) -> None:
         """Close the database."""

@@ -25,6 +25,7 @@ from allocation.v1 import allocation_pb2, position_service_pb2, position_service
 from controller.domain import Rejected, RejectReason
 from controller.errors import refusals_abort, rejection_message
 from controller.paging import (
+    MAX_PAGE_BYTES,
     ListingCache,
     decode_token,
     encode_token,
@@ -225,7 +226,8 @@ class PositionService(position_service_pb2_grpc.PositionServiceServicer):
     def ListReports(
         self, request: position_service_pb2.ListReportsRequest, context: grpc.ServicerContext
     ) -> position_service_pb2.ListReportsResponse:
-        """A page of kept report headers generated in the requested time range."""
+        """A page of the kept reports generated in the requested time range (headers unless
+        the request asks for REPORT_VIEW_FULL)."""
         with refusals_abort(context, POSITION_SERVICE):
             size = page_size(request.page_size, DEFAULT_REPORTS_PAGE, MAX_REPORTS_PAGE)
             start = (
@@ -238,7 +240,8 @@ class PositionService(position_service_pb2_grpc.PositionServiceServicer):
                 if request.HasField("end_time")
                 else (1 << 63) - 1
             )
-            key = f"{start}-{end}"
+            full = request.view == position_service_pb2.REPORT_VIEW_FULL
+            key = f"{start}-{end}-{int(full)}"
             after = 0
             if request.page_token:
                 token_key, after = decode_token(request.page_token)
@@ -246,7 +249,7 @@ class PositionService(position_service_pb2_grpc.PositionServiceServicer):
                     raise Rejected(
                         RejectReason.INVALID_ARGUMENT,
                         "page_token",
-                        "page_token belongs to a listing with another start_time or end_time",
+                        "page_token belongs to a listing with another start_time, end_time or view",
                     )
             if self._history is None:
                 raise Rejected(
@@ -254,10 +257,22 @@ class PositionService(position_service_pb2_grpc.PositionServiceServicer):
                     "",
                     "this position service keeps no history (started without --history)",
                 )
-            found = self._history.between(start, end, after, size + 1)
-        response = position_service_pb2.ListReportsResponse(
-            reports=[stored.header for stored in found[:size]]
-        )
-        if len(found) > size:
-            response.next_page_token = encode_token(key, found[size - 1].id)
+            found = self._history.between(start, end, after, size + 1, full)
+            response = position_service_pb2.ListReportsResponse()
+            shown = fill_page(
+                response.reports,
+                (stored.report for stored in found[:size]),
+                lambda target, report: target.CopyFrom(report),
+            )
+            if response.reports and response.reports[0].ByteSize() > MAX_PAGE_BYTES:
+                first = found[0].report
+                raise Rejected(
+                    RejectReason.TOO_LARGE,
+                    "view",
+                    f"report {first.sequence} of journal {first.journal_id} takes"
+                    f" {first.ByteSize():,} bytes, more than a page may ({MAX_PAGE_BYTES:,}):"
+                    " list it with REPORT_VIEW_BASIC",
+                )
+        if shown < len(found):
+            response.next_page_token = encode_token(key, found[shown - 1].id)
         return response

@@ -101,6 +101,13 @@ def test_list_reports_pages_through_a_time_range(tmp_path: Path) -> None:
         assert pages == [[4, 5], [6, 7], [8]]
         everything = stub.ListReports(position_service_pb2.ListReportsRequest(page_size=100))
         assert [r.sequence for r in everything.reports] == list(range(3, 11))
+        # The full view returns the reports as they were accepted, accounts included.
+        full = stub.ListReports(
+            position_service_pb2.ListReportsRequest(
+                page_size=100, view=position_service_pb2.REPORT_VIEW_FULL
+            )
+        )
+        assert list(full.reports) == [report(sequence) for sequence in range(3, 11)]
         # A token is only good for the range it was made for.
         other = position_service_pb2.ListReportsRequest(
             page_size=2,

@@ -26,13 +26,15 @@ from allocation.v1 import allocation_pb2 as allocation_dot_v1_dot_allocation__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$allocation/v1/position_service.proto\x12\rallocation.v1\x1a\x1e\x61llocation/v1/allocation.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"^\n\x16ReportPositionsRequest\x12-\n\x06report\x18\x01 \x01(\x0b\x32\x1d.allocation.v1.PositionReport\x12\x15\n\raccount_count\x18\x02 \x01(\x03\"5\n\rReportReceipt\x12\x12\n\njournal_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x03\"\x8b\x01\n\x17ReportPositionsResponse\x12\x30\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x0b\x32\x1c.allocation.v1.ReportReceiptH\x00\x12-\n\trejection\x18\x03 \x01(\x0b\x32\x18.allocation.v1.RejectionH\x00\x42\t\n\x07outcomeJ\x04\x08\x01\x10\x02\"?\n\x16GetLatestReportRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"u\n\x17GetLatestReportResponse\x12-\n\x06report\x18\x01 \x01(\x0b\x32\x1d.allocation.v1.PositionReport\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x03\"\x99\x01\n\x12ListReportsRequest\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"^\n\x13ListReportsResponse\x12.\n\x07reports\x18\x01 \x03(\x0b\x32\x1d.allocation.v1.PositionReport\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xad\x02\n\x0fPositionService\x12\x62\n\x0fReportPositions\x12%.allocation.v1.ReportPositionsRequest\x1a&.allocation.v1.ReportPositionsResponse(\x01\x12`\n\x0fGetLatestReport\x12%.allocation.v1.GetLatestReportRequest\x1a&.allocation.v1.GetLatestReportResponse\x12T\n\x0bListReports\x12!.allocation.v1.ListReportsRequest\x1a\".allocation.v1.ListReportsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$allocation/v1/position_service.proto\x12\rallocation.v1\x1a\x1e\x61llocation/v1/allocation.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"^\n\x16ReportPositionsRequest\x12-\n\x06report\x18\x01 \x01(\x0b\x32\x1d.allocation.v1.PositionReport\x12\x15\n\raccount_count\x18\x02 \x01(\x03\"5\n\rReportReceipt\x12\x12\n\njournal_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x03\"\x8b\x01\n\x17ReportPositionsResponse\x12\x30\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x0b\x32\x1c.allocation.v1.ReportReceiptH\x00\x12-\n\trejection\x18\x03 \x01(\x0b\x32\x18.allocation.v1.RejectionH\x00\x42\t\n\x07outcomeJ\x04\x08\x01\x10\x02\"?\n\x16GetLatestReportRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"u\n\x17GetLatestReportResponse\x12-\n\x06report\x18\x01 \x01(\x0b\x32\x1d.allocation.v1.PositionReport\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x03\"\xc2\x01\n\x12ListReportsRequest\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\x12\'\n\x04view\x18\x05 \x01(\x0e\x32\x19.allocation.v1.ReportView\"^\n\x13ListReportsResponse\x12.\n\x07reports\x18\x01 \x03(\x0b\x32\x1d.allocation.v1.PositionReport\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*V\n\nReportView\x12\x1b\n\x17REPORT_VIEW_UNSPECIFIED\x10\x00\x12\x15\n\x11REPORT_VIEW_BASIC\x10\x01\x12\x14\n\x10REPORT_VIEW_FULL\x10\x02\x32\xad\x02\n\x0fPositionService\x12\x62\n\x0fReportPositions\x12%.allocation.v1.ReportPositionsRequest\x1a&.allocation.v1.ReportPositionsResponse(\x01\x12`\n\x0fGetLatestReport\x12%.allocation.v1.GetLatestReportRequest\x1a&.allocation.v1.GetLatestReportResponse\x12T\n\x0bListReports\x12!.allocation.v1.ListReportsRequest\x1a\".allocation.v1.ListReportsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'allocation.v1.position_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_REPORTVIEW']._serialized_start=890
+  _globals['_REPORTVIEW']._serialized_end=976
   _globals['_REPORTPOSITIONSREQUEST']._serialized_start=120
   _globals['_REPORTPOSITIONSREQUEST']._serialized_end=214
   _globals['_REPORTRECEIPT']._serialized_start=216
@@ -44,9 +46,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETLATESTREPORTRESPONSE']._serialized_start=478
   _globals['_GETLATESTREPORTRESPONSE']._serialized_end=595
   _globals['_LISTREPORTSREQUEST']._serialized_start=598
-  _globals['_LISTREPORTSREQUEST']._serialized_end=751
-  _globals['_LISTREPORTSRESPONSE']._serialized_start=753
-  _globals['_LISTREPORTSRESPONSE']._serialized_end=847
-  _globals['_POSITIONSERVICE']._serialized_start=850
-  _globals['_POSITIONSERVICE']._serialized_end=1151
+  _globals['_LISTREPORTSREQUEST']._serialized_end=792
+  _globals['_LISTREPORTSRESPONSE']._serialized_start=794
+  _globals['_LISTREPORTSRESPONSE']._serialized_end=888
+  _globals['_POSITIONSERVICE']._serialized_start=979
+  _globals['_POSITIONSERVICE']._serialized_end=1280
 # @@protoc_insertion_point(module_scope)

@@ -9,6 +9,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -19,6 +20,30 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _ReportView:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ReportViewEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ReportView.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    REPORT_VIEW_UNSPECIFIED: _ReportView.ValueType  # 0
+    """The default: REPORT_VIEW_BASIC."""
+    REPORT_VIEW_BASIC: _ReportView.ValueType  # 1
+    """Every field but the accounts."""
+    REPORT_VIEW_FULL: _ReportView.ValueType  # 2
+    """The whole report, accounts included."""
+
+class ReportView(_ReportView, metaclass=_ReportViewEnumTypeWrapper):
+    """How much of a report a listing returns (AIP-157)."""
+
+REPORT_VIEW_UNSPECIFIED: ReportView.ValueType  # 0
+"""The default: REPORT_VIEW_BASIC."""
+REPORT_VIEW_BASIC: ReportView.ValueType  # 1
+"""Every field but the accounts."""
+REPORT_VIEW_FULL: ReportView.ValueType  # 2
+"""The whole report, accounts included."""
+Global___ReportView: _TypeAlias = ReportView  # noqa: Y015
 
 @_typing.final
 class ReportPositionsRequest(_message.Message):
@@ -186,13 +211,20 @@ class ListReportsRequest(_message.Message):
     END_TIME_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    VIEW_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """Reports per page: 0 means the default (100), larger values are lowered to the maximum
     (1000); negative values are refused.
     """
     page_token: _builtins.str
-    """`next_page_token` of the previous page, with the same start_time and end_time; empty for
-    the first page.
+    """`next_page_token` of the previous page, with the same start_time, end_time and view; empty
+    for the first page.
+    """
+    view: Global___ReportView.ValueType
+    """How much of each report: REPORT_VIEW_BASIC (the default) leaves the accounts out,
+    REPORT_VIEW_FULL includes them (AIP-157). A FULL page holds fewer reports than asked when
+    they would exceed 3 MiB; a single report larger than that is refused
+    (REJECTION_REASON_TOO_LARGE): list it BASIC.
     """
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
@@ -209,10 +241,11 @@ class ListReportsRequest(_message.Message):
         end_time: _timestamp_pb2.Timestamp | None = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        view: Global___ReportView.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "page_size", b"page_size", "page_token", b"page_token", "start_time", b"start_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "page_size", b"page_size", "page_token", b"page_token", "start_time", b"start_time", "view", b"view"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -230,7 +263,9 @@ class ListReportsResponse(_message.Message):
     """Token for the next page; empty on the last page."""
     @_builtins.property
     def reports(self) -> _containers.RepeatedCompositeFieldContainer[_allocation_pb2.PositionReport]:
-        """The reports of this page, oldest accepted first, each without its accounts."""
+        """The reports of this page, oldest accepted first; with their accounts only in
+        REPORT_VIEW_FULL.
+        """
 
     def __init__(
         self,

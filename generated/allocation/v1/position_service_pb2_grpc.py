@@ -82,9 +82,9 @@ class PositionServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListReports(self, request, context):
-        """Past reports (their headers: every field but the accounts) accepted in a time range, in the
-        order they were accepted, a page at a time (AIP-158). The service keeps the newest
-        `--history-reports` of them across restarts.
+        """Past reports accepted in a time range, in the order they were accepted, a page at a time
+        (AIP-158); without their accounts unless the request asks for REPORT_VIEW_FULL. The service
+        keeps the newest `--history-reports` of them across restarts.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -49,9 +49,9 @@ class PositionServiceStub:
     (AIP-158). Error: NOT_FOUND before the first report.
     """
     ListReports: _grpc.UnaryUnaryMultiCallable[_position_service_pb2.ListReportsRequest, _position_service_pb2.ListReportsResponse]
-    """Past reports (their headers: every field but the accounts) accepted in a time range, in the
-    order they were accepted, a page at a time (AIP-158). The service keeps the newest
-    `--history-reports` of them across restarts.
+    """Past reports accepted in a time range, in the order they were accepted, a page at a time
+    (AIP-158); without their accounts unless the request asks for REPORT_VIEW_FULL. The service
+    keeps the newest `--history-reports` of them across restarts.
     """
 
 @_typing.type_check_only
@@ -75,9 +75,9 @@ class PositionServiceAsyncStub(PositionServiceStub):
     (AIP-158). Error: NOT_FOUND before the first report.
     """
     ListReports: _aio.UnaryUnaryMultiCallable[_position_service_pb2.ListReportsRequest, _position_service_pb2.ListReportsResponse]  # type: ignore[assignment]
-    """Past reports (their headers: every field but the accounts) accepted in a time range, in the
-    order they were accepted, a page at a time (AIP-158). The service keeps the newest
-    `--history-reports` of them across restarts.
+    """Past reports accepted in a time range, in the order they were accepted, a page at a time
+    (AIP-158); without their accounts unless the request asks for REPORT_VIEW_FULL. The service
+    keeps the newest `--history-reports` of them across restarts.
     """
 
 class PositionServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -116,9 +116,9 @@ class PositionServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _position_service_pb2.ListReportsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_position_service_pb2.ListReportsResponse, _abc.Awaitable[_position_service_pb2.ListReportsResponse]]:
-        """Past reports (their headers: every field but the accounts) accepted in a time range, in the
-        order they were accepted, a page at a time (AIP-158). The service keeps the newest
-        `--history-reports` of them across restarts.
+        """Past reports accepted in a time range, in the order they were accepted, a page at a time
+        (AIP-158); without their accounts unless the request asks for REPORT_VIEW_FULL. The service
+        keeps the newest `--history-reports` of them across restarts.
         """
 
 def add_PositionServiceServicer_to_server(servicer: PositionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
