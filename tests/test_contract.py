@@ -56,7 +56,7 @@ def test_adding_a_field_is_allowed(tmp_path: Path) -> None:
     copy = edited_copy(
         tmp_path,
         "  string journal_id = 10;\n",
-        "  string journal_id = 10;\n  // A later addition.\n  string note = 11;\n",
+        "  string journal_id = 10;\n  // A later addition.\n  string note = 99;\n",
     )
     run = breaking(copy)
     assert run.returncode == 0, run.stdout + run.stderr
