@@ -22,9 +22,11 @@ from controller.journal import (
     Journal,
     JournalDamaged,
     JournalLocked,
+    JournalPolicyError,
     JournalVersionError,
     journal_path,
 )
+from controller.policy import POLICIES, TOTAL_VALUE
 from controller.reporter import Reporter
 from controller.sequencer import Sequencer
 from controller.service import DEFAULT_MAX_STREAMS, ControllerService
@@ -80,6 +82,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         type=journal_path,
         default=Path("var/controller.db"),
         help="journal: a file path or sqlite:///absolute/path (held exclusively while running)",
+    )
+    parser.add_argument(
+        "--policy",
+        choices=POLICIES,
+        default=TOTAL_VALUE,
+        help="allocation rule, fixed when the journal is created: total-value (each account's"
+        " whole book tracks its weight) or per-ticker (each account's holding of every ticker"
+        " tracks its weight). Example: A alone holds 10 MSFT at 100, the split turns 50/50 A/B,"
+        " then 10 AAPL at 100 arrive: total-value gives all 10 to B (each then holds 1,000),"
+        " per-ticker gives 5 and 5 (each holds half the AAPL)",
     )
     parser.add_argument(
         "--tickers",
@@ -145,8 +157,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def open_journal(args: argparse.Namespace) -> Journal | int:
     """The journal, or the exit status that says why it cannot be used."""
     try:
-        return Journal(args.db, synchronous=args.sync.upper())
-    except (JournalVersionError, JournalLocked) as error:
+        return Journal(args.db, synchronous=args.sync.upper(), policy=args.policy)
+    except (JournalVersionError, JournalLocked, JournalPolicyError) as error:
         log.critical("cannot start: %s", error)
         return EXIT_CANNOT_START
     except JournalDamaged as error:
@@ -176,7 +188,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     writer_failed = threading.Event()
     try:
         sequencer = Sequencer(
-            Book(args.tickers), journal, args.checkpoint_interval, on_failure=writer_failed.set
+            Book(args.tickers, policy=journal.policy),
+            journal,
+            args.checkpoint_interval,
+            on_failure=writer_failed.set,
         )
         journal.check_integrity()
     except (JournalDamaged, sqlite3.DatabaseError) as error:

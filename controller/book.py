@@ -30,6 +30,7 @@ import numpy as np
 import numpy.typing as npt
 
 from controller.domain import Allocation, Fill, Rejected, RejectReason, Side, Split
+from controller.policy import TOTAL_VALUE, Measure, measure
 from controller.snapshot import BookSnapshot
 from controller.waterfill import (
     Int64Array,
@@ -51,6 +52,17 @@ STORED_LIMIT = 1 << 62
 SMALL_BOOK = 48
 # Large books: when at most this many accounts can receive, finish on the exact Python path.
 PYTHON_CANDIDATES = 256
+
+
+def slot_scores(
+    weights: Sequence[int], values: Sequence[int], total_after: int, scale: int, buy: bool
+) -> list[int]:
+    """Each account's first slot, scaled by S: p_i M' - S m_i for a buy (how far below its
+    target after the fill), S m_i - p_i M' for a sell (how far above). Its k-th slot is worth
+    S u k less. The one place the score formula is written."""
+    if buy:
+        return [w * total_after - scale * v for w, v in zip(weights, values, strict=True)]
+    return [scale * v - w * total_after for w, v in zip(weights, values, strict=True)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,12 +91,15 @@ class Book:
         small_book: int = SMALL_BOOK,
         python_candidates: int = PYTHON_CANDIDATES,
         vector_safe: int = VECTOR_SAFE,
+        policy: str = TOTAL_VALUE,
     ) -> None:
-        """A book over ``tickers``. Tuning only (every path gives identical results):
+        """A book over ``tickers`` allocating by ``policy`` (``controller.policy``). Tuning
+        only (every path gives identical results):
         ``small_book`` is the eligible-account count up to which the Python path is used;
         ``python_candidates`` is how many possible receivers a large book may have and still
         finish on the Python path; ``vector_safe`` is the magnitude from which a large book's
         fill takes the Python path (int64 is exact below ``VECTOR_SAFE``)."""
+        self._policy = policy
         self._small_book = small_book
         self._python_candidates = python_candidates
         self._vector_safe_limit = vector_safe
@@ -193,13 +208,20 @@ class Book:
         arrays = [self._value, *self._ticker_value.values()]
         return max((int(np.abs(a).max()) for a in arrays if len(a)), default=0)
 
-    def _vector_safe(self, fill: Fill, new_total: int) -> bool:
-        """Whether the numpy path's int64 arithmetic is exact for this fill."""
+    def _vector_safe(self, fill: Fill, measured: Measure) -> bool:
+        """Whether the numpy path's int64 arithmetic is exact for this fill: the totals, one
+        fill's worth of units and every account's measure below the limit (per-ticker measures
+        are holdings, each at most the ticker's total)."""
         limit = self._vector_safe_limit
+        largest = (
+            self._bound_after(fill.value)
+            if self._policy == TOTAL_VALUE
+            else max(abs(measured.total_after), self._ticker_total[fill.ticker])
+        )
         return (
-            abs(new_total) < limit
-            and fill.price * (fill.quantity + 1) < limit
-            and self._bound_after(fill.value) < limit
+            abs(measured.total_after) < limit
+            and measured.unit * (fill.quantity + 1) < limit
+            and largest < limit
         )
 
     def _cache_buy_lists(self) -> None:
@@ -257,27 +279,39 @@ class Book:
         buy = fill.side is Side.BUY
         new_total = self._total + fill.value if buy else self._total - fill.value
         holdings = self._quantity[fill.ticker]
+        measured = measure(
+            self._policy,
+            buy=buy,
+            price=fill.price,
+            quantity=fill.quantity,
+            values=self._value,
+            total_value_after=new_total,
+            holdings=holdings,
+            ticker_total=self._ticker_total[fill.ticker],
+        )
         eligible = self._buy_eligible if buy else np.flatnonzero(holdings)
-        if len(eligible) <= self._small_book or not self._vector_safe(fill, new_total):
-            values = self._value[eligible].tolist()
-            scale = self._weight_total
-            if buy:
-                caps = [fill.quantity] * len(eligible)
-                scores = [
-                    w * new_total - scale * v
-                    for w, v in zip(self._buy_weights, values, strict=True)
-                ]
-            else:
-                caps = holdings[eligible].tolist()
-                weights = self._weight[eligible].tolist()
-                scores = [scale * v - w * new_total for w, v in zip(weights, values, strict=True)]
-            receivers, quantities = self._shares_python(fill, eligible, scores, caps)
+        if len(eligible) <= self._small_book or not self._vector_safe(fill, measured):
+            weights = self._buy_weights if buy else self._weight[eligible].tolist()
+            caps = [fill.quantity] * len(eligible) if buy else holdings[eligible].tolist()
+            scores = slot_scores(
+                weights,
+                measured.values[eligible].tolist(),
+                measured.total_after,
+                self._weight_total,
+                buy,
+            )
+            receivers, quantities = self._shares_python(fill, eligible, scores, caps, measured.unit)
         else:
-            receivers, quantities = self._shares_vector(fill, new_total, buy)
+            receivers, quantities = self._shares_vector(fill, measured, buy)
         return self._apply(fill, receivers, quantities, new_total)
 
     def _shares_python(
-        self, fill: Fill, indices: npt.NDArray[np.intp], scores: list[int], caps: list[int]
+        self,
+        fill: Fill,
+        indices: npt.NDArray[np.intp],
+        scores: list[int],
+        caps: list[int],
+        unit: int,
     ) -> tuple[npt.NDArray[np.intp], Int64Array]:
         """Exact Python-integer path over a few accounts (their exact scaled scores given)."""
         account_hash = self._account_hash
@@ -290,31 +324,33 @@ class Book:
             return mix64(int(account_hash[indices[j]]) ^ fill_hash[0])
 
         picked = np.array(
-            allocate_small(scores, caps, self._weight_total * fill.price, fill.quantity, key_of),
+            allocate_small(scores, caps, self._weight_total * unit, fill.quantity, key_of),
             dtype=np.int64,
         )
         taken = np.flatnonzero(picked)
         return indices[taken], picked[taken]
 
     def _shares_vector(
-        self, fill: Fill, new_total: int, buy: bool
+        self, fill: Fill, measured: Measure, buy: bool
     ) -> tuple[npt.NDArray[np.intp], Int64Array]:
-        """numpy path for large books; the exact search runs on the accounts that can win."""
+        """numpy path for large books; the exact search runs on the accounts that can win.
+        The slot scores of ``slot_scores``, split as S * head + frac to stay inside int64."""
         scale = self._weight_total
         weights = self._weight
+        values = measured.values
         caps = np.where(weights > 0, fill.quantity, 0) if buy else self._quantity[fill.ticker]
-        # p_i * T' = S * q_i + r_i computed without overflow via T' = A * S + B.
-        whole, part = divmod(new_total, scale)
+        # p_i * M' = S * q_i + r_i computed without overflow via M' = A * S + B.
+        whole, part = divmod(measured.total_after, scale)
         scaled = weights * part
         quotient = weights * whole + scaled // scale
         remainder = scaled % scale
         if buy:
-            head = quotient - self._value
+            head = quotient - values
             frac = remainder
         else:
-            # The excess S V_i - p_i T' = S (V_i - q_i - 1) + (S - r_i) when r_i > 0.
+            # The excess S m_i - p_i M' = S (m_i - q_i - 1) + (S - r_i) when r_i > 0.
             borrow = (remainder > 0).astype(np.int64)
-            head = self._value - quotient - borrow
+            head = values - quotient - borrow
             frac = (scale - remainder) % scale
         live = np.flatnonzero(caps)
         if fill.quantity < len(live):
@@ -327,7 +363,7 @@ class Book:
             scores = [
                 scale * h + r for h, r in zip(head[live].tolist(), frac[live].tolist(), strict=True)
             ]
-            return self._shares_python(fill, live, scores, caps[live].tolist())
+            return self._shares_python(fill, live, scores, caps[live].tolist(), measured.unit)
         account_hash = self._account_hash
 
         def keys_of(indices: npt.NDArray[np.intp]) -> UInt64Array:
@@ -336,7 +372,7 @@ class Book:
 
         if len(live) < len(head):
             head, frac, caps = head[live], frac[live], caps[live]
-        shares = allocate_vector(head, frac, caps, fill.price, fill.quantity, keys_of)
+        shares = allocate_vector(head, frac, caps, measured.unit, fill.quantity, keys_of)
         taken = np.flatnonzero(shares)
         return live[taken], shares[taken]
 

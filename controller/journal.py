@@ -29,6 +29,7 @@ from pathlib import Path
 
 from controller.book import PositionRow
 from controller.domain import Allocation, Fill, Side, Split
+from controller.policy import TOTAL_VALUE
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,10 @@ class JournalVersionError(RuntimeError):
 
 class JournalDamaged(RuntimeError):
     """The file fails the integrity check, has a damaged header, or is not a journal."""
+
+
+class JournalPolicyError(RuntimeError):
+    """The journal was created under another allocation policy than the one asked for."""
 
 
 class JournalLocked(RuntimeError):
@@ -221,8 +226,16 @@ class JournalBatch:
 class Journal:
     """SQLite journal; all methods must be called from the single writer thread."""
 
-    def __init__(self, path: Path, synchronous: str = "FULL", lock: bool = True) -> None:
+    def __init__(
+        self,
+        path: Path,
+        synchronous: str = "FULL",
+        lock: bool = True,
+        policy: str = TOTAL_VALUE,
+    ) -> None:
         """Open (or create) the journal at ``path``; ``synchronous`` is SQLite's FULL or NORMAL.
+        A new journal records ``policy``; an existing one made under another policy is refused
+        (``JournalPolicyError``).
 
         With ``lock`` (the controller) the journal is held exclusively until ``close``: a second
         holder gets ``JournalLocked`` naming the first. An existing journal must pass SQLite's
@@ -252,6 +265,23 @@ class Journal:
         self.journal_id: str = self._db.execute(
             "SELECT value FROM meta WHERE name='journal_id'"
         ).fetchone()[0]
+        # The allocation policy is fixed at creation: journals older than the choice were all
+        # made under total-value.
+        with self._db:
+            self._db.execute(
+                "INSERT OR IGNORE INTO meta (name, value) VALUES ('policy', ?)",
+                (policy if version == 0 else TOTAL_VALUE,),
+            )
+        self.policy: str = self._db.execute(
+            "SELECT value FROM meta WHERE name='policy'"
+        ).fetchone()[0]
+        if self.policy != policy:
+            self.close()
+            raise JournalPolicyError(
+                f"{path} was created with --policy {self.policy}; start with --policy"
+                f" {self.policy} (its allocations are only meaningful under the rule that made"
+                " them), or use a new journal"
+            )
 
     def _open(self, path: Path, synchronous: str) -> int:
         """Set the connection up and check the file; returns its schema version."""

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from controller.book import VECTOR_SAFE, Book
 from controller.domain import Allocation, Fill, Rejected, RejectReason, Side, Split
+from controller.policy import PER_TICKER, POLICIES, TOTAL_VALUE
 from tests.oracles import Problem, brute_force_minimum, unit_greedy
 from tests.strategies import TICKERS, events
 
@@ -27,8 +28,9 @@ PATHS = {
 }
 
 
-def problem_for(book: Book, split: Split, fill: Fill) -> Problem:
-    """The oracle's view of the book just before ``fill``."""
+def problem_for(book: Book, split: Split, fill: Fill, policy: str = TOTAL_VALUE) -> Problem:
+    """The oracle's view of the book just before ``fill``: under ``per-ticker`` an account's
+    value is its holding of the fill's ticker at the fill's price, as the definition says."""
     snapshot = book.snapshot()
     names = sorted({a.account for a in snapshot.accounts} | set(split.percents))
     by_name = {a.account: a for a in snapshot.accounts}
@@ -38,6 +40,8 @@ def problem_for(book: Book, split: Split, fill: Fill) -> Problem:
         values.append(state.value if state else 0)
         held = [q for t, q, _, _ in state.positions if t == fill.ticker] if state else []
         holdings.append(held[0] if held else 0)
+    if policy == PER_TICKER:
+        values = [fill.price * held for held in holdings]
     return Problem(
         accounts=names,
         values=values,
@@ -69,7 +73,9 @@ def run(book: Book, sequence: list[Fill | Split]) -> list[Allocation]:
     return out
 
 
-def fills_after_a_split(book: Book, sequence: list[Fill | Split]) -> Iterator[tuple[Fill, Problem]]:
+def fills_after_a_split(
+    book: Book, sequence: list[Fill | Split], policy: str = TOTAL_VALUE
+) -> Iterator[tuple[Fill, Problem]]:
     """Apply the splits and the fills before the first split (pending); yield every later fill
     with the oracle's view of the book just before it, for the caller to submit."""
     split: Split | None = None
@@ -80,17 +86,18 @@ def fills_after_a_split(book: Book, sequence: list[Fill | Split]) -> Iterator[tu
         elif split is None:
             assert all(a.pending for a in run(book, [event]))
         else:
-            yield event, problem_for(book, split, event)
+            yield event, problem_for(book, split, event, policy)
 
 
+@pytest.mark.parametrize("policy", POLICIES)
 @pytest.mark.parametrize("path", PATHS)
 @settings(max_examples=150, deadline=None)
 @given(sequence=events(max_quantity=60))
 def test_allocation_equals_unit_greedy_and_respects_limits(
-    path: str, sequence: list[Fill | Split]
+    path: str, policy: str, sequence: list[Fill | Split]
 ) -> None:
-    book = Book(TICKERS, *PATHS[path])
-    for event, problem in fills_after_a_split(book, sequence):
+    book = Book(TICKERS, *PATHS[path], policy=policy)
+    for event, problem in fills_after_a_split(book, sequence, policy):
         if not problem.buy and sum(problem.holdings) < problem.quantity:
             before = book.snapshot()
             with pytest.raises(Rejected) as rejected:
@@ -104,12 +111,15 @@ def test_allocation_equals_unit_greedy_and_respects_limits(
         assert all(0 <= x <= cap for x, cap in zip(shares, problem.caps(), strict=True))
 
 
+@pytest.mark.parametrize("policy", POLICIES)
 @pytest.mark.parametrize("path", PATHS)
 @settings(max_examples=150, deadline=None)
 @given(sequence=events(max_events=12, max_quantity=7))
-def test_allocation_reaches_brute_force_minimum(path: str, sequence: list[Fill | Split]) -> None:
-    book = Book(TICKERS, *PATHS[path])
-    for event, problem in fills_after_a_split(book, sequence):
+def test_allocation_reaches_brute_force_minimum(
+    path: str, policy: str, sequence: list[Fill | Split]
+) -> None:
+    book = Book(TICKERS, *PATHS[path], policy=policy)
+    for event, problem in fills_after_a_split(book, sequence, policy):
         try:
             allocation = book.submit(event)
         except Rejected:
@@ -359,3 +369,16 @@ def test_a_fill_past_what_an_account_can_store_is_refused_and_changes_nothing() 
     assert "net value past" in refused.value.message
     assert book.snapshot() == before
     assert book.submit(Fill("unwind", "AAPL", PRICE_MILLION, 1, Side.SELL)).quantities == (1,)
+
+
+@pytest.mark.parametrize(
+    ("policy", "expected"), [(TOTAL_VALUE, {"b": 10}), (PER_TICKER, {"a": 5, "b": 5})]
+)
+def test_the_policies_worked_example(policy: str, expected: dict[str, int]) -> None:
+    """`--help`'s example: A alone holds 10 MSFT at 100, the split turns 50/50, 10 AAPL at 100
+    arrive. Total value evens the books (B gets all); per ticker evens the AAPL holdings."""
+    book = Book(TICKERS, policy=policy)
+    book.set_split(Split("s1", {"a": 100 * 10**6}))
+    book.submit(Fill("m", "MSFT", 100 * 10**6, 10))
+    book.set_split(Split("s2", {"a": 50 * 10**6, "b": 50 * 10**6}))
+    assert dict(book.submit(Fill("x", "AAPL", 100 * 10**6, 10)).shares) == expected

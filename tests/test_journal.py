@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from controller.book import Book
 from controller.domain import Fill, Side, Split
-from controller.journal import Journal, JournalVersionError
+from controller.journal import Journal, JournalPolicyError, JournalVersionError
+from controller.policy import PER_TICKER
 from controller.sequencer import Sequencer, SequencerStopped
+from tests.conftest import ROOT
 from tests.strategies import TICKERS
 
 
@@ -159,3 +163,23 @@ def test_recovery_is_exact_at_every_crash_point_while_checkpoints_are_spread(
         assert reader.snapshot()[0] == writer.snapshot()[0]
         reader.stop()
     writer.stop()
+
+
+def test_a_journal_keeps_the_policy_it_was_created_with(tmp_path: Path) -> None:
+    db = tmp_path / "journal.db"
+    Journal(db, policy=PER_TICKER).close()
+    with pytest.raises(JournalPolicyError, match="created with --policy per-ticker"):
+        Journal(db)
+    reopened = Journal(db, policy=PER_TICKER)
+    assert reopened.policy == PER_TICKER
+    reopened.close()
+    run = subprocess.run(
+        [sys.executable, "-m", "controller", "--port=0", f"--db={db}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert run.returncode == 2
+    assert "start with --policy per-ticker" in run.stderr
