@@ -9,7 +9,8 @@ when e_j - e_i > S P. So the check takes the largest e among receivers and the s
 eligible accounts (the two best of each, for i != j): O(accounts) per fill, whatever algorithm
 found the answer. A sell mirrors it: e_i = S (V_i - P x_i) - p_i T' with T' = T - P Q, a share
 can move from a receiver j to a holder i with x_i below its holding, and the sale improves
-exactly when e_i - e_j > S P.
+exactly when e_i - e_j > S P. Under the per-ticker policy the same test runs on holdings of the
+fill's ticker in shares (u = 1 in place of P, the ticker's total in place of T).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Iterable
 
 from controller.audit.ledger import Ledger
 from controller.domain import Allocation, Side
+from controller.policy import TOTAL_VALUE
 
 
 def _two(pairs: Iterable[tuple[int, str]], largest: bool) -> list[tuple[int, str]]:
@@ -40,9 +42,9 @@ def _violation(
     return best
 
 
-def check(ledger: Ledger, allocation: Allocation) -> list[str]:
+def check(ledger: Ledger, allocation: Allocation, policy: str = TOTAL_VALUE) -> list[str]:
     """What is wrong with ``allocation`` given the ledger before it (empty when it is right
-    and optimal)."""
+    and optimal under ``policy``)."""
     fill = allocation.fill
     split = ledger.split
     if split is None:
@@ -60,16 +62,16 @@ def check(ledger: Ledger, allocation: Allocation) -> list[str]:
     if allocation.split_id != split.split_id:
         problems.append(f"allocated under split {allocation.split_id!r}, not {split.split_id!r}")
     scale = split.total
-    step = scale * fill.price
+    values, before, unit = ledger.measure(policy, fill.ticker, fill.price)
+    step = scale * unit
     percents = split.percents
-    values = ledger.values
     if fill.side is Side.BUY:
-        after = ledger.total + fill.value
+        after = before + unit * fill.quantity
         outside = sorted(a for a in shares if percents.get(a, 0) <= 0)
         if outside:
             problems.append(f"buys given to accounts without weight: {outside}")
         e = {
-            account: scale * (values.get(account, 0) + fill.price * shares.get(account, 0))
+            account: scale * (values.get(account, 0) + unit * shares.get(account, 0))
             - percent * after
             for account, percent in percents.items()
             if percent > 0
@@ -77,13 +79,13 @@ def check(ledger: Ledger, allocation: Allocation) -> list[str]:
         givers = _two(((e[a], a) for a in shares if a in e), largest=True)
         takers = _two(((value, a) for a, value in e.items()), largest=False)
     else:
-        after = ledger.total - fill.value
+        after = before - unit * fill.quantity
         held = ledger.holdings.get(fill.ticker, {})
         short = sorted(a for a, quantity in shares.items() if quantity > held.get(a, 0))
         if short:
             problems.append(f"sells more than these accounts hold: {short}")
         e = {
-            account: scale * (values.get(account, 0) - fill.price * shares.get(account, 0))
+            account: scale * (values.get(account, 0) - unit * shares.get(account, 0))
             - percents.get(account, 0) * after
             for account in held.keys() | shares.keys()
         }
@@ -97,11 +99,11 @@ def check(ledger: Ledger, allocation: Allocation) -> list[str]:
         if fill.side is Side.BUY:
             problems.append(
                 f"not optimal: one share from {giver!r} to {taker!r} lowers the objective"
-                f" (e gap {gap} > S*P {step})"
+                f" (e gap {gap} > S*u {step})"
             )
         else:
             problems.append(
                 f"not optimal: selling one share fewer of {taker!r} and one more of {giver!r}"
-                f" lowers the objective (e gap {gap} > S*P {step})"
+                f" lowers the objective (e gap {gap} > S*u {step})"
             )
     return problems

@@ -30,6 +30,7 @@ from controller.audit.positions import positions_as_of
 from controller.audit.verify import Verification, verify
 from controller.journal import journal_path
 from controller.money import format_micro
+from controller.policy import TOTAL_VALUE
 from position.render import RenderOptions, render_report
 
 EXIT_OK = 0
@@ -265,6 +266,7 @@ def _fill_table(explanation: Explanation, plain: bool) -> Table:
             "pending (no split yet)" if allocated is None else f"sequence {allocated}",
         ),
         ("split in force", explanation.split_id or "none"),
+        ("policy", explanation.policy),
         ("book total before", format_micro(explanation.total_before)),
     ):
         table.add_row(field, value)
@@ -273,10 +275,12 @@ def _fill_table(explanation: Explanation, plain: bool) -> Table:
 
 def _accounts_table(explanation: Explanation, plain: bool) -> Table:
     table = _table("accounts (amounts exact; targets rounded to 6 decimals)", plain)
+    # Under per-ticker the measure is the holding of the fill's ticker, in shares.
+    measure = "value" if explanation.policy == TOTAL_VALUE else f"{explanation.ticker} held"
     headers = (
-        "account", "weight %", "target before", "value before", "shortfall" if
-        explanation.side == "buy" else "excess", "shares", "value after", "deviation after",
-        "tie order",
+        "account", "weight %", "target before", f"{measure} before", "shortfall" if
+        explanation.side == "buy" else "excess", "shares", f"{measure} after",
+        "deviation after", "tie order",
     )  # fmt: skip
     for header in headers:
         # Exact amounts are long: fold them onto a second line rather than cut them.

@@ -15,7 +15,8 @@ from dataclasses import asdict, dataclass
 from controller.audit.history import HistoryError, JournalHistory
 from controller.audit.ledger import Ledger, Step, replay
 from controller.domain import Allocation, Side, Split
-from controller.money import divide_half_even
+from controller.money import MICRO, divide_half_even
+from controller.policy import TOTAL_VALUE
 from controller.waterfill import mix64, stable_hash64
 
 
@@ -50,6 +51,9 @@ class Explanation:
     quantity: int
     split_id: str
     split_total: int
+    policy: str
+    """total-value: the amounts are cost values; per-ticker: holdings of the ticker, in
+    (micro-)shares."""
     total_before: int
     accounts: tuple[AccountLine, ...]
 
@@ -76,10 +80,13 @@ def explain(history: JournalHistory, fill_id: str) -> Explanation:
             quantity=fill.quantity,
             split_id="" if split is None else split.split_id,
             split_total=0 if split is None else split.total,
-            total_before=0 if ledger is None else ledger.total,
+            policy=history.policy,
+            total_before=0
+            if ledger is None
+            else _micro(ledger.measure(history.policy, fill.ticker, fill.price)[1], history),
             accounts=()
             if split is None or ledger is None
-            else tuple(_lines(ledger, split, event.journaled)),
+            else tuple(_lines(ledger, split, event.journaled, history.policy)),
         )
 
     if event.allocated_sequence is None:
@@ -91,12 +98,18 @@ def explain(history: JournalHistory, fill_id: str) -> Explanation:
     raise HistoryError(f"fill {fill_id!r}: no allocation at sequence {event.allocated_sequence}")
 
 
-def _lines(ledger: Ledger, split: Split, allocation: Allocation) -> list[AccountLine]:
+def _micro(amount: int, history: JournalHistory) -> int:
+    """A measure in micro-units: values already are; per-ticker holdings are whole shares."""
+    return amount if history.policy == TOTAL_VALUE else amount * MICRO
+
+
+def _lines(ledger: Ledger, split: Split, allocation: Allocation, policy: str) -> list[AccountLine]:
     fill = allocation.fill
     buy = fill.side is Side.BUY
     scale = split.total
     shares = dict(allocation.shares)
-    after = ledger.total + (fill.value if buy else -fill.value)
+    values, total, unit = ledger.measure(policy, fill.ticker, fill.price)
+    after = total + (unit if buy else -unit) * fill.quantity
     held = ledger.holdings.get(fill.ticker, {})
     if buy:
         accounts = sorted(a for a, p in split.percents.items() if p > 0)
@@ -104,30 +117,33 @@ def _lines(ledger: Ledger, split: Split, allocation: Allocation) -> list[Account
     else:
         accounts = sorted(held)
         caps = dict(held)
-    step = scale * fill.price
+    step = scale * unit
     sign = 1 if buy else -1
     # Slot k of account i is worth first[i] - step * k (scaled by S): a buy's shortfall, a sell's
     # excess, against the target after the fill.
     first = {
-        a: sign * (split.percents.get(a, 0) * after - scale * ledger.values.get(a, 0))
-        for a in accounts
+        a: sign * (split.percents.get(a, 0) * after - scale * values.get(a, 0)) for a in accounts
     }
     ranks = _tie_ranks(first, shares, caps, step, fill.fill_id)
+    # Shown in micro-units: per-ticker measures (shares) are scaled up so that the fractional
+    # targets show too.
+    micro = 1 if policy == TOTAL_VALUE else MICRO
     lines = []
     for account in accounts:
         percent = split.percents.get(account, 0)
-        before = ledger.values.get(account, 0)
-        value_after = before + sign * fill.price * shares.get(account, 0)
+        before = values.get(account, 0)
+        after_fill = before + sign * unit * shares.get(account, 0)
         lines.append(
             AccountLine(
                 account=account,
                 percent=percent,
-                target_before=divide_half_even(percent * ledger.total, scale),
-                value_before=before,
-                shortfall=divide_half_even(first[account], scale),
+                target_before=divide_half_even(percent * total * micro, scale),
+                value_before=before * micro,
+                shortfall=divide_half_even(first[account] * micro, scale),
                 shares=shares.get(account, 0),
-                value_after=value_after,
-                deviation_after=value_after - divide_half_even(percent * after, scale),
+                value_after=after_fill * micro,
+                deviation_after=after_fill * micro
+                - divide_half_even(percent * after * micro, scale),
                 tie_rank=ranks.get(account),
             )
         )

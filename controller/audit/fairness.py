@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from controller.audit.history import JournalHistory
 from controller.audit.ledger import Ledger, Step, replay
 from controller.domain import Allocation, Side, Split
+from controller.policy import TOTAL_VALUE
 
 DEFAULT_ALPHA = 0.001
 # The chi-square approximation needs about this many expected remainders per category:
@@ -100,18 +101,19 @@ class Fairness:
 
 
 def continuous_floors(
-    ledger: Ledger, split: Split, allocation: Allocation
+    ledger: Ledger, split: Split, allocation: Allocation, policy: str = TOTAL_VALUE
 ) -> dict[str, tuple[int, float]]:
-    """For a buy: each eligible account's floor(x*_i) and frac(x*_i), exact up to the final
-    conversion of the fraction to float."""
+    """For a buy: each eligible account's floor(x*_i) and frac(x*_i) under ``policy``, exact
+    up to the final conversion of the fraction to float."""
     fill = allocation.fill
     scale = split.total
-    after = ledger.total + fill.value
-    step = scale * fill.price
-    # a_i = S * (target after - value before): x*_i = max(0, (a_i - tau) / step).
+    values, before, unit = ledger.measure(policy, fill.ticker, fill.price)
+    after = before + unit * fill.quantity
+    step = scale * unit
+    # a_i = S * (target after - measure before): x*_i = max(0, (a_i - tau) / step).
     shortfalls = sorted(
         (
-            (percent * after - scale * ledger.values.get(account, 0), account)
+            (percent * after - scale * values.get(account, 0), account)
             for account, percent in split.percents.items()
             if percent > 0
         ),
@@ -154,7 +156,7 @@ def tally(
             pending = None
         if not isinstance(item, Step) or item.sequence < since:
             continue
-        add(result, item.ledger, item.event.journaled)
+        add(result, item.ledger, item.event.journaled, history.policy)
         pending = item
         if progress is not None and result.fills % 1_000 == 0:
             progress(result.fills)
@@ -164,7 +166,9 @@ def tally(
     return result
 
 
-def add(result: Fairness, ledger: Ledger, allocation: Allocation) -> None:
+def add(
+    result: Fairness, ledger: Ledger, allocation: Allocation, policy: str = TOTAL_VALUE
+) -> None:
     """Count one allocation, given the ledger before it."""
     fill = allocation.fill
     result.fills += 1
@@ -175,7 +179,8 @@ def add(result: Fairness, ledger: Ledger, allocation: Allocation) -> None:
         return
     result.buys += 1
     assert ledger.split is not None
-    for account, (due, fraction) in continuous_floors(ledger, ledger.split, allocation).items():
+    floors = continuous_floors(ledger, ledger.split, allocation, policy)
+    for account, (due, fraction) in floors.items():
         figures = result.account(account)
         got = shares.get(account, 0)
         figures.bought += got

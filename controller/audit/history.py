@@ -19,6 +19,7 @@ from typing import Protocol
 from controller.book import PositionRow
 from controller.domain import Allocation, Fill, Side, Split
 from controller.journal import SCHEMA_VERSION, Counters
+from controller.policy import TOTAL_VALUE
 
 
 class HistoryError(RuntimeError):
@@ -66,6 +67,8 @@ class JournalHistory(Protocol):
     """What the audit commands read from a journal."""
 
     journal_id: str
+    policy: str
+    """The allocation policy the journal was created with (``controller.policy``)."""
 
     def counters(self) -> Counters:
         """The counters as last committed."""
@@ -152,6 +155,9 @@ class SqliteHistory:
         self.journal_id: str = self._db.execute(
             "SELECT value FROM meta WHERE name='journal_id'"
         ).fetchone()[0]
+        # Journals older than the choice of policy were all made under total-value.
+        row = self._db.execute("SELECT value FROM meta WHERE name='policy'").fetchone()
+        self.policy: str = TOTAL_VALUE if row is None else row[0]
 
     def counters(self) -> Counters:
         """The counters as last committed."""

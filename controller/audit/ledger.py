@@ -9,12 +9,13 @@ allocation, the ledger just before it is applied: what the audit commands check 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 from controller.audit.history import Event, FillEvent, JournalHistory, SplitEvent
 from controller.book import PositionRow
 from controller.domain import Allocation, Side, Split
+from controller.policy import PER_TICKER
 
 
 @dataclass(slots=True)
@@ -31,6 +32,8 @@ class Ledger:
         default_factory=lambda: defaultdict(dict)
     )
     """Net cost value, by ticker then account."""
+    ticker_totals: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
+    """Shares of each ticker held by all accounts."""
     last_prices: dict[str, int] = field(default_factory=dict)
     fill_count: int = 0
     pending: list[FillEvent] = field(default_factory=list)
@@ -54,8 +57,17 @@ class Ledger:
             if held[account] == 0:
                 del held[account]
         self.total += sign * fill.value
+        self.ticker_totals[fill.ticker] += sign * fill.quantity
         self.last_prices[fill.ticker] = fill.price
         self.fill_count += 1
+
+    def measure(self, policy: str, ticker: str, price: int) -> tuple[Mapping[str, int], int, int]:
+        """What a fill of ``ticker`` at ``price`` is allocated against under ``policy``
+        (``controller.policy``): each account's measure and the book's total before the fill,
+        and what one share adds."""
+        if policy == PER_TICKER:
+            return self.holdings.get(ticker, {}), self.ticker_totals[ticker], 1
+        return self.values, self.total, price
 
     def positions(self) -> list[PositionRow]:
         """Every (account, ticker) ever traded, sorted by account then ticker, with its shares

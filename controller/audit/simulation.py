@@ -15,6 +15,7 @@ from pathlib import Path
 from controller.book import Book
 from controller.domain import Fill, Rejected
 from controller.journal import Journal
+from controller.policy import TOTAL_VALUE
 from controller.sequencer import Sequencer
 from controller.validation import DEFAULT_TICKERS, parse_fill, parse_split
 from simulators.aum import random_split
@@ -33,14 +34,15 @@ def simulate(
     pending_first: int = 50,
     restart_at: int | None = None,
     tickers: Sequence[str] = DEFAULT_TICKERS,
+    policy: str = TOTAL_VALUE,
 ) -> None:
     """Write a journal of ``fills`` fills at ``path``: ``pending_first`` of them before the
     first split, a new random split over ``accounts`` accounts every ``split_every`` fills, and a
     stop and recovery after ``restart_at`` fills."""
     rng = random.Random(seed)
     generator = FillGenerator(seed, "sim", tuple(tickers), 0.2)
-    journal = Journal(path, synchronous="OFF")
-    sequencer = Sequencer(Book(tickers), journal, checkpoint_interval=0.5)
+    journal = Journal(path, synchronous="OFF", policy=policy)
+    sequencer = Sequencer(Book(tickers, policy=policy), journal, checkpoint_interval=0.5)
     sequencer.start()
     done = splits = 0
     next_split = pending_first
@@ -53,8 +55,10 @@ def simulate(
             if done == restart_at:
                 sequencer.stop()
                 journal.close()
-                journal = Journal(path, synchronous="OFF")
-                sequencer = Sequencer(Book(tickers), journal, checkpoint_interval=0.5)
+                journal = Journal(path, synchronous="OFF", policy=policy)
+                sequencer = Sequencer(
+                    Book(tickers, policy=policy), journal, checkpoint_interval=0.5
+                )
                 sequencer.start()
             stops = [fills, next_split] + ([restart_at] if restart_at and restart_at > done else [])
             size = min(BATCH, *(stop - done for stop in stops if stop > done))

@@ -71,7 +71,7 @@ def verify(
     """Check every allocation made at a sequence in ``[since, until]`` (replaying everything
     before it); ``progress(events)`` is called every 1,000 events."""
     result = Verification()
-    book = Book(history.tickers())
+    book = Book(history.tickers(), policy=history.policy)
     ledger = Ledger()
     rows = deque(
         sorted(
@@ -109,7 +109,7 @@ def verify(
         if isinstance(item, Step):
             engine = expected.pop(item.event.fill.fill_id, None)
             if since <= item.sequence:
-                _check_step(item, engine, result)
+                _check_step(item, engine, result, history.policy)
             continue
         reconcile(item.sequence)
         last = item.sequence
@@ -143,7 +143,9 @@ def verify(
     return result
 
 
-def _check_step(step: Step, answer: Allocation | Rejected | None, result: Verification) -> None:
+def _check_step(
+    step: Step, answer: Allocation | Rejected | None, result: Verification, policy: str
+) -> None:
     event: FillEvent = step.event
     journaled = event.journaled
     result.checked += 1
@@ -168,7 +170,7 @@ def _check_step(step: Step, answer: Allocation | Rejected | None, result: Verifi
                 describe(answer),
             )
         )
-    for problem in check(step.ledger, journaled):
+    for problem in check(step.ledger, journaled, policy):
         result.mismatches.append(Mismatch(step.sequence, subject, problem, describe(journaled), ""))
 
 
