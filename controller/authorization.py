@@ -10,6 +10,7 @@ client can set. The policy (``--auth-policy``, TOML) maps identities to built-in
     "reader" = ["reader"]
     "controller" = ["controller"]
     "ops" = ["admin"]
+    "compliance-desk" = ["compliance"]
 
     [fill_id_prefixes]        # optional; the default prefix of a venue is "<identity>/"
     "venue-1" = "V1-"
@@ -58,6 +59,7 @@ ROLE_METHODS: Mapping[str, frozenset[str]] = {
     "reader": _methods(_CONTROLLER, "GetPositions", "GetFillAllocation")
     | _methods(_POSITION, "GetLatestReport", "ListReports"),
     "controller": _methods(_POSITION, "ReportPositions"),
+    "compliance": _methods(_CONTROLLER, "SetRestrictions"),
     ADMIN: frozenset(),  # every method: see AuthPolicy.allows
 }
 # Services any authenticated peer may call: health checks and reflection.

@@ -29,7 +29,16 @@ from typing import Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from controller.domain import Allocation, Fill, Rejected, RejectReason, Side, Split
+from controller.domain import (
+    NO_RESTRICTIONS,
+    Allocation,
+    Fill,
+    Rejected,
+    RejectReason,
+    Restrictions,
+    Side,
+    Split,
+)
 from controller.policy import TOTAL_VALUE, Measure, measure
 from controller.snapshot import BookSnapshot
 from controller.waterfill import (
@@ -117,10 +126,13 @@ class Book:
         self._ticker_total = dict.fromkeys(self._tickers, 0)
         self._last_price: dict[str, int] = {}
         self._split: Split | None = None
-        # Per-split lists for the small path: accounts that can receive buys, in index order.
+        # Accounts with a weight in the split, in index order; and per ticker, those of them
+        # that may buy it (the restricted ones left out) with their weights and longest name.
         self._buy_eligible: npt.NDArray[np.intp] = np.zeros(0, dtype=np.intp)
-        self._buy_weights: list[int] = []
-        self._longest_buyer = 0
+        self._buyers: dict[str, tuple[npt.NDArray[np.intp], list[int], int]] = {}
+        self._restrictions = NO_RESTRICTIONS
+        # Per ticker with restrictions: True for the accounts that may not buy it.
+        self._restricted: dict[str, npt.NDArray[np.bool_]] = {}
         self._longest_name = 0
         self._weight_total = 0
         self._total = 0
@@ -144,6 +156,17 @@ class Book:
                 RejectReason.INVALID_ARGUMENT,
                 "fill.ticker",
                 f"fill.ticker {fill.ticker!r} is not in the universe {list(self._tickers)}",
+            )
+        if (
+            fill.side is Side.BUY
+            and self._split is not None
+            and not len(self._buyers_of(fill.ticker)[0])
+        ):
+            raise Rejected(
+                RejectReason.RESTRICTED,
+                "fill.ticker",
+                f"every account with a weight in split {self._split.split_id!r} is restricted"
+                f" from buying {fill.ticker} (restrictions {self._restrictions.restrictions_id!r})",
             )
         if self._bound_after(fill.value + self._pending_value) >= STORED_LIMIT:
             raise Rejected(
@@ -178,11 +201,25 @@ class Book:
         return self._allocate(fill)
 
     def set_split(self, split: Split) -> list[Allocation]:
-        """Put ``split`` in force for every later fill; returns the pending fills it releases."""
+        """Put ``split`` in force for every later fill; returns the pending fills it releases.
+        Refused (``Rejected``, nothing changed) if a pending buy would have no account that
+        may receive it."""
         if split.total <= 0:
             raise Rejected(
                 RejectReason.INVALID_ARGUMENT, "split.percentages", "percentages sum to 0"
             )
+        for waiting in self._pending:
+            restricted = self._restrictions.restricted(waiting.ticker)
+            if waiting.side is Side.BUY and not any(
+                percent > 0 and account not in restricted
+                for account, percent in split.percents.items()
+            ):
+                raise Rejected(
+                    RejectReason.RESTRICTED,
+                    "split.percentages",
+                    f"fill {waiting.fill_id!r} waits to buy {waiting.ticker}, and every account"
+                    " with a weight in this split is restricted from buying it",
+                )
         self._add_accounts(split.percents)
         weight = np.zeros(len(self._names), dtype=np.int64)
         for name, percent in split.percents.items():
@@ -224,11 +261,35 @@ class Book:
             and largest < limit
         )
 
+    def set_restrictions(self, restrictions: Restrictions) -> None:
+        """Put a restricted list in force for every later fill (it replaces the last one)."""
+        self._restrictions = restrictions
+        self._cache_buy_lists()
+
     def _cache_buy_lists(self) -> None:
-        """Refresh the per-split lists (after a split or a re-indexing)."""
+        """Refresh what buys may reach (after a split, restrictions or a re-indexing)."""
         self._buy_eligible = np.flatnonzero(self._weight)
-        self._buy_weights = self._weight[self._buy_eligible].tolist()
-        self._longest_buyer = max((len(self._names[i]) for i in self._buy_eligible), default=0)
+        self._buyers = {}
+        self._restricted = {}
+        for ticker in self._tickers:
+            restricted = self._restrictions.restricted(ticker)
+            if restricted:
+                mask = np.zeros(len(self._names), dtype=bool)
+                mask[[self._index[a] for a in restricted if a in self._index]] = True
+                self._restricted[ticker] = mask
+
+    def _buyers_of(self, ticker: str) -> tuple[npt.NDArray[np.intp], list[int], int]:
+        """The accounts a buy of ``ticker`` may reach (index order), their weights, and the
+        longest of their names."""
+        found = self._buyers.get(ticker)
+        if found is None:
+            eligible = self._buy_eligible
+            mask = self._restricted.get(ticker)
+            if mask is not None:
+                eligible = eligible[~mask[eligible]]
+            longest = max((len(self._names[i]) for i in eligible), default=0)
+            found = self._buyers[ticker] = (eligible, self._weight[eligible].tolist(), longest)
+        return found
 
     def receiver_bound(self, fill: Fill) -> ReceiverBound:
         """At most how many accounts ``fill``'s allocation can name if it were applied now (each
@@ -237,7 +298,8 @@ class Book:
         if self._split is None:
             return ReceiverBound(0, 0)
         if fill.side is Side.BUY:
-            return ReceiverBound(min(fill.quantity, len(self._buy_eligible)), self._longest_buyer)
+            buyers, _, longest = self._buyers_of(fill.ticker)
+            return ReceiverBound(min(fill.quantity, len(buyers)), longest)
         return ReceiverBound(min(fill.quantity, len(self._names)), self._longest_name)
 
     def _add_accounts(self, names: Iterable[str]) -> None:
@@ -289,9 +351,10 @@ class Book:
             holdings=holdings,
             ticker_total=self._ticker_total[fill.ticker],
         )
-        eligible = self._buy_eligible if buy else np.flatnonzero(holdings)
+        buyers, buyer_weights, _ = self._buyers_of(fill.ticker)
+        eligible = buyers if buy else np.flatnonzero(holdings)
         if len(eligible) <= self._small_book or not self._vector_safe(fill, measured):
-            weights = self._buy_weights if buy else self._weight[eligible].tolist()
+            weights = buyer_weights if buy else self._weight[eligible].tolist()
             caps = [fill.quantity] * len(eligible) if buy else holdings[eligible].tolist()
             scores = slot_scores(
                 weights,
@@ -338,7 +401,11 @@ class Book:
         scale = self._weight_total
         weights = self._weight
         values = measured.values
-        caps = np.where(weights > 0, fill.quantity, 0) if buy else self._quantity[fill.ticker]
+        if buy:
+            caps = np.zeros(len(weights), dtype=np.int64)
+            caps[self._buyers_of(fill.ticker)[0]] = fill.quantity
+        else:
+            caps = self._quantity[fill.ticker]
         # p_i * M' = S * q_i + r_i computed without overflow via M' = A * S + B.
         whole, part = divmod(measured.total_after, scale)
         scaled = weights * part
@@ -433,11 +500,13 @@ class Book:
         fill_count: int,
         last_prices: dict[str, int],
         pending: Iterable[Fill],
+        restrictions: Restrictions = NO_RESTRICTIONS,
     ) -> None:
         """Load state aggregated from a journal into this new, empty book; ``pending`` fills
         are submitted again."""
         if self._names or self._fill_count:
             raise RuntimeError("restore() needs an empty book")
+        self.set_restrictions(restrictions)
         rows = list(positions)
         if split is not None:
             self.set_split(split)
@@ -478,4 +547,8 @@ class Book:
             ticker_values={t: v.copy() for t, v in self._ticker_value.items()},
             ticker_totals=dict(self._ticker_total),
             last_prices=dict(self._last_price),
+            restricted={
+                account: tuple(sorted(tickers))
+                for account, tickers in self._restrictions.accounts.items()
+            },
         )

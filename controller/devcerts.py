@@ -4,8 +4,8 @@ development (``make certs``); never for production.
 Writes ``ca.pem`` and, for each identity, ``NAME.pem`` (certificate) and ``NAME.key`` (its
 private key, mode 0600): ``controller`` and ``position`` (servers, valid for ``localhost`` and
 ``127.0.0.1``; the controller's also authenticates it to the position service), ``venue-1``
-and ``venue-2``, ``aum``, ``reader`` and ``admin`` (clients). ``policy.toml`` gives each its
-role. Keys are EC P-256; the CA's key is not kept.
+and ``venue-2``, ``aum``, ``reader``, ``compliance`` and ``admin`` (clients).
+``policy.toml`` gives each its role. Keys are EC P-256; the CA's key is not kept.
 """
 
 from __future__ import annotations
@@ -145,6 +145,7 @@ DEVELOPMENT_IDENTITIES: dict[str, tuple[tuple[str, ...], bool]] = {
     "venue-2": (("venue",), False),
     "aum": (("aum",), False),
     "reader": (("reader",), False),
+    "compliance": (("compliance",), False),
     "admin": (("admin",), False),
 }
 

@@ -48,6 +48,22 @@ class Split:
 
 
 @dataclass(frozen=True, slots=True)
+class Restrictions:
+    """The restricted list: per account, the tickers it may not buy (accounts with none are
+    left out). Replaces the previous list entirely."""
+
+    restrictions_id: str
+    accounts: dict[str, frozenset[str]] = field(hash=False)
+
+    def restricted(self, ticker: str) -> frozenset[str]:
+        """The accounts that may not buy ``ticker``."""
+        return frozenset(a for a, tickers in self.accounts.items() if ticker in tickers)
+
+
+NO_RESTRICTIONS = Restrictions("", {})
+
+
+@dataclass(frozen=True, slots=True)
 class Allocation:
     """Whole shares of one fill per account (non-zero only, sorted by account).
 
@@ -83,6 +99,7 @@ class RejectReason(enum.Enum):
     STALE_REPORT = "stale_report"
     TOO_MANY_STREAMS = "too_many_streams"
     PERMISSION_DENIED = "permission_denied"
+    RESTRICTED = "restricted"
 
 
 class Rejected(Exception):

@@ -32,6 +32,7 @@ REJECTION_REASONS = {
     RejectReason.STALE_REPORT: allocation_pb2.REJECTION_REASON_STALE_REPORT,
     RejectReason.TOO_MANY_STREAMS: allocation_pb2.REJECTION_REASON_TOO_MANY_STREAMS,
     RejectReason.PERMISSION_DENIED: allocation_pb2.REJECTION_REASON_PERMISSION_DENIED,
+    RejectReason.RESTRICTED: allocation_pb2.REJECTION_REASON_RESTRICTED,
 }
 
 _CODES = {
@@ -45,6 +46,7 @@ _CODES = {
     RejectReason.STALE_REPORT: code_pb2.FAILED_PRECONDITION,
     RejectReason.TOO_MANY_STREAMS: code_pb2.RESOURCE_EXHAUSTED,
     RejectReason.PERMISSION_DENIED: code_pb2.PERMISSION_DENIED,
+    RejectReason.RESTRICTED: code_pb2.FAILED_PRECONDITION,
 }
 
 
@@ -79,7 +81,11 @@ def _specific_detail(rejected: Rejected, resource_type: str) -> Message | None:
             resource_name=rejected.field,
             description=rejected.message,
         )
-    elif rejected.reason in (RejectReason.INSUFFICIENT_HOLDINGS, RejectReason.LIMIT_EXCEEDED):
+    elif rejected.reason in (
+        RejectReason.INSUFFICIENT_HOLDINGS,
+        RejectReason.LIMIT_EXCEEDED,
+        RejectReason.RESTRICTED,
+    ):
         failure = error_details_pb2.PreconditionFailure.Violation(
             type=reason_name(rejected.reason), subject=rejected.field, description=rejected.message
         )

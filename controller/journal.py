@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from controller.book import PositionRow
-from controller.domain import Allocation, Fill, Side, Split
+from controller.domain import NO_RESTRICTIONS, Allocation, Fill, Restrictions, Side, Split
 from controller.policy import TOTAL_VALUE
 
 log = logging.getLogger(__name__)
@@ -41,8 +41,8 @@ WAL_CHECKPOINT_SECONDS = 1.0
 # Version 2 added the journal's identity (the meta table) and per-row checkpoint sequences
 # (positions.as_of); version 3 the time each fill and split was journaled (recorded_ns), which
 # the audit tool's time ranges use. Older journals are upgraded in place (their earlier rows
-# have no recorded time).
-SCHEMA_VERSION = 3
+# have no recorded time); version 4 the restricted lists (restrictions).
+SCHEMA_VERSION = 4
 
 
 class JournalVersionError(RuntimeError):
@@ -136,6 +136,12 @@ CREATE TABLE IF NOT EXISTS positions (
     as_of INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (account, ticker)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS restrictions (
+    sequence INTEGER PRIMARY KEY,
+    restrictions_id TEXT NOT NULL UNIQUE,
+    accounts TEXT NOT NULL,
+    recorded_ns INTEGER
+);
 CREATE TABLE IF NOT EXISTS last_prices (ticker TEXT PRIMARY KEY, price INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
@@ -146,10 +152,21 @@ CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 INSERT OR IGNORE INTO meta (name, value) VALUES ('journal_id', '{journal_id}');
 """
 # Version 1 checkpointed every row at once, as of checkpoint_sequence.
-_UPGRADE_FROM_2 = """
+_UPGRADE_FROM_3 = """
+CREATE TABLE IF NOT EXISTS restrictions (
+    sequence INTEGER PRIMARY KEY,
+    restrictions_id TEXT NOT NULL UNIQUE,
+    accounts TEXT NOT NULL,
+    recorded_ns INTEGER
+);
+"""
+_UPGRADE_FROM_2 = (
+    """
 ALTER TABLE fills ADD COLUMN recorded_ns INTEGER;
 ALTER TABLE splits ADD COLUMN recorded_ns INTEGER;
 """
+    + _UPGRADE_FROM_3
+)
 _UPGRADE_FROM_1 = (
     """
 ALTER TABLE positions ADD COLUMN as_of INTEGER NOT NULL DEFAULT 0;
@@ -158,7 +175,7 @@ UPDATE positions SET as_of = coalesce(
 """
     + _UPGRADE_FROM_2
 )
-_SCRIPTS = {0: _SCHEMA, 1: _UPGRADE_FROM_1, 2: _UPGRADE_FROM_2}
+_SCRIPTS = {0: _SCHEMA, 1: _UPGRADE_FROM_1, 2: _UPGRADE_FROM_2, 3: _UPGRADE_FROM_3}
 
 # Amounts in micro-units. An allocation is two comma-separated lists in its fill's row (account
 # names cannot contain commas: see controller.validation.ACCOUNT).
@@ -185,6 +202,14 @@ class StoredSplit:
 
 
 @dataclass(frozen=True, slots=True)
+class StoredRestrictions:
+    """A journaled restricted list and its place in the journal."""
+
+    sequence: int
+    restrictions: Restrictions
+
+
+@dataclass(frozen=True, slots=True)
 class Counters:
     """Running totals, exact as of every commit."""
 
@@ -205,6 +230,7 @@ class Recovered:
     split: Split | None
     last_prices: dict[str, int]
     pending: list[Fill]
+    restrictions: Restrictions = NO_RESTRICTIONS
 
 
 @dataclass(slots=True)
@@ -215,6 +241,7 @@ class JournalBatch:
     released: list[tuple[int, Allocation]] = field(default_factory=list)
     """Pending fills allocated by the split journaled at the given sequence."""
     splits: list[StoredSplit] = field(default_factory=list)
+    restrictions: list[StoredRestrictions] = field(default_factory=list)
     checkpoint: list[PositionRow] = field(default_factory=list)
     """Positions (absolute values) to write, as of ``checkpoint_as_of``."""
     checkpoint_as_of: int = 0
@@ -344,12 +371,19 @@ class Journal:
         positions, last_prices = self._replay(
             checkpoint, checkpoint_prices, counters.checkpoint_sequence
         )
+        restricted = self._db.execute(
+            "SELECT sequence, restrictions_id, accounts FROM restrictions"
+            " ORDER BY sequence DESC LIMIT 1"
+        ).fetchone()
         return Recovered(
             counters=counters,
             positions=positions,
             split=_split_from_row(row).split if row else None,
             last_prices=last_prices,
             pending=pending,
+            restrictions=(
+                _restrictions_from_row(restricted).restrictions if restricted else NO_RESTRICTIONS
+            ),
         )
 
     def _replay(
@@ -396,6 +430,14 @@ class Journal:
         ).fetchone()
         return _split_from_row(row) if row else None
 
+    def find_restrictions(self, restrictions_id: str) -> StoredRestrictions | None:
+        """The journaled restricted list with this id, if any."""
+        row = self._db.execute(
+            "SELECT sequence, restrictions_id, accounts FROM restrictions WHERE restrictions_id=?",
+            (restrictions_id,),
+        ).fetchone()
+        return _restrictions_from_row(row) if row else None
+
     def write(self, batch: JournalBatch, counters: Counters) -> None:
         """Write one group of events and the new counters in a single committed transaction."""
         db = self._db
@@ -432,6 +474,19 @@ class Journal:
                         batch.recorded_ns,
                     )
                     for s in batch.splits
+                ],
+            )
+            db.executemany(
+                "INSERT INTO restrictions (sequence, restrictions_id, accounts, recorded_ns)"
+                " VALUES (?,?,?,?)",
+                [
+                    (
+                        r.sequence,
+                        r.restrictions.restrictions_id,
+                        restrictions_json(r.restrictions),
+                        batch.recorded_ns,
+                    )
+                    for r in batch.restrictions
                 ],
             )
             if batch.checkpoint:
@@ -501,6 +556,25 @@ def _join_ints(values: tuple[int, ...]) -> str:
 
 def _split_ints(text: str) -> tuple[int, ...]:
     return tuple(map(int, text.split(",")))
+
+
+def restrictions_json(restrictions: Restrictions) -> str:
+    """A restricted list as stored: account -> sorted tickers, accounts sorted."""
+    return json.dumps(
+        {account: sorted(tickers) for account, tickers in sorted(restrictions.accounts.items())}
+    )
+
+
+def restrictions_from_json(restrictions_id: str, text: str) -> Restrictions:
+    """The restricted list ``restrictions_json`` stored."""
+    return Restrictions(
+        restrictions_id, {account: frozenset(t) for account, t in json.loads(text).items()}
+    )
+
+
+def _restrictions_from_row(row: tuple[int, str, str]) -> StoredRestrictions:
+    sequence, restrictions_id, accounts = row
+    return StoredRestrictions(sequence, restrictions_from_json(restrictions_id, accounts))
 
 
 def _split_from_row(row: tuple[int, str, str, int | None]) -> StoredSplit:

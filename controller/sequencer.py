@@ -19,8 +19,15 @@ from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from controller.book import Book, ReceiverBound
-from controller.domain import Allocation, Fill, Rejected, RejectReason, Split
-from controller.journal import Counters, Journal, JournalBatch, StoredFill, StoredSplit
+from controller.domain import Allocation, Fill, Rejected, RejectReason, Restrictions, Split
+from controller.journal import (
+    Counters,
+    Journal,
+    JournalBatch,
+    StoredFill,
+    StoredRestrictions,
+    StoredSplit,
+)
 from controller.metrics import ALLOCATION_SECONDS, JOURNAL_COMMIT_SECONDS
 from controller.snapshot import BookSnapshot
 
@@ -30,6 +37,7 @@ T = TypeVar("T")
 
 # Ids given to splits sent without one: "split#12".
 ASSIGNED_SPLIT_PREFIX = "split#"
+ASSIGNED_RESTRICTIONS_PREFIX = "restrictions#"
 # Requests applied per commit at most; bounds the latency one commit adds to the first request.
 MAX_GROUP = 256
 # Checkpoint rows written per commit at most: a checkpoint of a large book is spread over several
@@ -52,6 +60,16 @@ class SplitOutcome:
     duplicate (then the sequence is the original's)."""
 
     split_id: str
+    sequence: int
+    duplicate: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RestrictionsOutcome:
+    """The restricted list's id (assigned if it had none), its journal sequence, and whether it
+    was a duplicate (then the sequence is the original's)."""
+
+    restrictions_id: str
     sequence: int
     duplicate: bool
 
@@ -106,12 +124,14 @@ class Sequencer:
             counters.fill_count,
             recovered.last_prices,
             recovered.pending,
+            recovered.restrictions,
         )
         self._counters = counters
         self._round_sequence = counters.checkpoint_sequence
         self._next_sequence = counters.next_sequence
         self._recent: dict[str, StoredFill] = {}
         self._recent_splits: dict[str, StoredSplit] = {}
+        self._recent_restrictions: dict[str, StoredRestrictions] = {}
         self._queue: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
         self._intake = threading.Lock()
         self._closed = False
@@ -164,6 +184,10 @@ class Sequencer:
     def set_split(self, split: Split) -> SplitOutcome:
         """Put a split in force; raises ``Rejected`` for a reused id with other percentages."""
         return self._call(lambda batch: self._apply_split(split, batch), writes=True)
+
+    def set_restrictions(self, restrictions: Restrictions) -> RestrictionsOutcome:
+        """Put a restricted list in force; ``Rejected`` for a reused id with another list."""
+        return self._call(lambda batch: self._apply_restrictions(restrictions, batch), writes=True)
 
     def snapshot(self) -> tuple[BookSnapshot, Counters]:
         """The book as of every acknowledged event, and the counters at that point
@@ -273,6 +297,7 @@ class Sequencer:
             finally:
                 self._recent.clear()
                 self._recent_splits.clear()
+                self._recent_restrictions.clear()
             JOURNAL_COMMIT_SECONDS.observe(time.perf_counter() - started)
         for request, result, rejection in outcomes:
             if rejection is None:
@@ -369,6 +394,35 @@ class Sequencer:
                 f" (journal sequence {stored.sequence})",
             )
         )
+
+    def _apply_restrictions(
+        self, restrictions: Restrictions, batch: JournalBatch
+    ) -> RestrictionsOutcome:
+        if restrictions.restrictions_id:
+            earlier = self._recent_restrictions.get(
+                restrictions.restrictions_id
+            ) or self._journal.find_restrictions(restrictions.restrictions_id)
+            if earlier is not None:
+                if earlier.restrictions.accounts == restrictions.accounts:
+                    return RestrictionsOutcome(
+                        restrictions.restrictions_id, earlier.sequence, duplicate=True
+                    )
+                raise Rejected(
+                    RejectReason.CONFLICTING_DUPLICATE,
+                    "restrictions.restrictions_id",
+                    f"restrictions.restrictions_id {restrictions.restrictions_id!r} was already"
+                    " used with another list",
+                )
+        sequence = self._take_sequence()
+        if not restrictions.restrictions_id:
+            restrictions = replace(
+                restrictions, restrictions_id=f"{ASSIGNED_RESTRICTIONS_PREFIX}{sequence}"
+            )
+        self._book.set_restrictions(restrictions)
+        stored = StoredRestrictions(sequence, restrictions)
+        batch.restrictions.append(stored)
+        self._recent_restrictions[restrictions.restrictions_id] = stored
+        return RestrictionsOutcome(restrictions.restrictions_id, sequence, duplicate=False)
 
     def _apply_split(self, split: Split, batch: JournalBatch) -> SplitOutcome:
         if split.split_id:

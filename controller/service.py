@@ -30,7 +30,13 @@ from controller.metrics import FILLS, SPLITS
 from controller.paging import decode_token, encode_token, fill_page, listing_expired, page_size
 from controller.sequencer import FillOutcome, Sequencer, SequencerStopped, SplitOutcome
 from controller.serving import CONTROLLER_SERVICE
-from controller.validation import FILL_ID_MAX, parse_fill, parse_split, require_fill_id
+from controller.validation import (
+    FILL_ID_MAX,
+    parse_fill,
+    parse_restrictions,
+    parse_split,
+    require_fill_id,
+)
 from controller.wire import fill_result_bound, report_header, write_account, write_allocation
 
 log = logging.getLogger(__name__)
@@ -348,6 +354,21 @@ class ControllerService(controller_service_pb2_grpc.ControllerServiceServicer):
             raise
         SPLITS.labels("duplicate" if outcome.duplicate else "accepted", "").inc()
         return outcome
+
+    def SetRestrictions(
+        self, request: controller_service_pb2.SetRestrictionsRequest, context: grpc.ServicerContext
+    ) -> controller_service_pb2.SetRestrictionsResponse:
+        """Put a new restricted list in force for every later fill."""
+        with refusals_abort(context, CONTROLLER_SERVICE, "allocation.v1.Restrictions"):
+            restrictions = parse_restrictions(request.restrictions, self._tickers)
+            with _writer_running(context):
+                outcome = self._sequencer.set_restrictions(restrictions)
+        receipt = controller_service_pb2.RestrictionsReceipt(
+            restrictions_id=outcome.restrictions_id, sequence=outcome.sequence
+        )
+        if outcome.duplicate:
+            return controller_service_pb2.SetRestrictionsResponse(duplicate=receipt)
+        return controller_service_pb2.SetRestrictionsResponse(accepted=receipt)
 
     def GetPositions(
         self, request: controller_service_pb2.GetPositionsRequest, context: grpc.ServicerContext

@@ -35,6 +35,8 @@ class AccountState:
     deviation: int
     positions: tuple[tuple[str, int, int, int], ...]
     """(ticker, quantity, cost value, market value) for every ticker the account holds."""
+    restricted: tuple[str, ...] = ()
+    """Tickers the account may not buy, sorted."""
 
 
 class BookSnapshot:
@@ -59,8 +61,11 @@ class BookSnapshot:
         ticker_values: dict[str, Int64Array],
         ticker_totals: dict[str, int],
         last_prices: dict[str, int],
+        restricted: dict[str, tuple[str, ...]] | None = None,
     ) -> None:
-        """Keep the copies; nothing is derived until asked for."""
+        """Keep the copies; nothing is derived until asked for. ``restricted``: account ->
+        the tickers it may not buy."""
+        self._restricted = restricted or {}
         self.split_id = split_id
         self.fill_count = fill_count
         self.pending_count = pending_count
@@ -126,6 +131,7 @@ class BookSnapshot:
                     market_value=market,
                     deviation=divide_half_even(value * scale - weight * total, scale),
                     positions=tuple(positions),
+                    restricted=self._restricted.get(name, ()),
                 )
             )
         return rows
@@ -180,6 +186,7 @@ class BookSnapshot:
             weight_total=self._weight_total,
             ticker_totals=self._ticker_totals,
             last_prices=self._last_prices,
+            restricted=self._restricted,
         )
 
     def _key(self) -> tuple[object, ...]:
@@ -223,6 +230,7 @@ class SharedSnapshot:
     weight_total: int
     ticker_totals: dict[str, int]
     last_prices: dict[str, int]
+    restricted: dict[str, tuple[str, ...]]
 
     def load(self, memory: SharedMemory) -> BookSnapshot:
         """The snapshot, its arrays copied out of ``memory`` (attached to ``self.memory``)."""
@@ -245,4 +253,5 @@ class SharedSnapshot:
             ticker_values=dict(zip(self.tickers, arrays[2 + count :], strict=True)),
             ticker_totals=self.ticker_totals,
             last_prices=self.last_prices,
+            restricted=self.restricted,
         )

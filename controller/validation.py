@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from allocation.v1 import allocation_pb2
-from controller.domain import Fill, Rejected, RejectReason, Side, Split
+from controller.domain import Fill, Rejected, RejectReason, Restrictions, Side, Split
 from controller.limits import MAX_RESPONSE_BYTES
 from controller.money import MICRO, InvalidDecimal, parse_micro
 
@@ -178,3 +178,32 @@ def parse_split(message: allocation_pb2.AumSplit, field: str = "split") -> Split
             else None
         ),
     )
+
+
+def parse_restrictions(
+    message: allocation_pb2.Restrictions, tickers: Sequence[str], field: str = "restrictions"
+) -> Restrictions:
+    """Validate a wire restricted list; an empty ``restrictions_id`` stays empty (assigned
+    later). Every ticker must be in the universe; accounts with no ticker are dropped."""
+    if message.restrictions_id and not SPLIT_ID.fullmatch(message.restrictions_id):
+        raise _invalid(
+            f"{field}.restrictions_id",
+            f"{field}.restrictions_id {shown(message.restrictions_id)} must be 1-64 characters"
+            " from [A-Za-z0-9._:-]",
+        )
+    accounts: dict[str, frozenset[str]] = {}
+    for account, listed in sorted(message.accounts.items()):
+        where = f"{field}.accounts[{account[:ECHO_MAX]}]"
+        if not ACCOUNT.fullmatch(account):
+            raise _invalid(
+                where, f"account {shown(account)} must be 1-64 characters from [A-Za-z0-9._:-]"
+            )
+        unknown = [t for t in listed.tickers if t not in tickers]
+        if unknown:
+            raise _invalid(
+                f"{where}.tickers",
+                f"{where}.tickers names {shown(unknown[0])}, not in the universe {list(tickers)}",
+            )
+        if listed.tickers:
+            accounts[account] = frozenset(listed.tickers)
+    return Restrictions(message.restrictions_id, accounts)

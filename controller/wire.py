@@ -103,6 +103,7 @@ def write_account(target: allocation_pb2.AccountPositions, account: AccountState
     target.value = format_micro(account.value)
     target.market_value = format_micro(account.market_value)
     target.deviation = format_micro(account.deviation)
+    target.restricted_tickers.extend(account.restricted)
     add = target.positions.add
     for ticker, quantity, value, market in account.positions:
         add(

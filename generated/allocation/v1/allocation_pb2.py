@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x61llocation/v1/allocation.proto\x12\rallocation.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9d\x01\n\x04\x46ill\x12\x0f\n\x07\x66ill_id\x18\x01 \x01(\t\x12\x0e\n\x06ticker\x18\x02 \x01(\t\x12\r\n\x05price\x18\x03 \x01(\t\x12\x10\n\x08quantity\x18\x04 \x01(\x03\x12!\n\x04side\x18\x05 \x01(\x0e\x32\x13.allocation.v1.Side\x12\x30\n\x0c\x65xecute_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xc3\x01\n\x08\x41umSplit\x12\x10\n\x08split_id\x18\x01 \x01(\t\x12=\n\x0bpercentages\x18\x02 \x03(\x0b\x32(.allocation.v1.AumSplit.PercentagesEntry\x12\x32\n\x0e\x65\x66\x66\x65\x63tive_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a\x32\n\x10PercentagesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"4\n\x0f\x41\x63\x63ountQuantity\x12\x0f\n\x07\x61\x63\x63ount\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x03\"\xc8\x01\n\x0e\x46illAllocation\x12\x0f\n\x07\x66ill_id\x18\x01 \x01(\t\x12)\n\x06status\x18\x02 \x01(\x0e\x32\x19.allocation.v1.FillStatus\x12\x33\n\x0b\x61llocations\x18\x03 \x03(\x0b\x32\x1e.allocation.v1.AccountQuantity\x12\x10\n\x08split_id\x18\x04 \x01(\t\x12\x10\n\x08sequence\x18\x05 \x01(\x03\x12!\n\x04\x66ill\x18\x06 \x01(\x0b\x32\x13.allocation.v1.Fill\"[\n\tRejection\x12.\n\x06reason\x18\x01 \x01(\x0e\x32\x1e.allocation.v1.RejectionReason\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\r\n\x05\x66ield\x18\x03 \x01(\t\"Q\n\x08Position\x12\x0e\n\x06ticker\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x03\x12\r\n\x05value\x18\x03 \x01(\t\x12\x14\n\x0cmarket_value\x18\x04 \x01(\t\"\xb7\x01\n\x10\x41\x63\x63ountPositions\x12\x0f\n\x07\x61\x63\x63ount\x18\x01 \x01(\t\x12\x16\n\x0etarget_percent\x18\x02 \x01(\t\x12\x16\n\x0e\x61\x63tual_percent\x18\x03 \x01(\t\x12\r\n\x05value\x18\x04 \x01(\t\x12\x14\n\x0cmarket_value\x18\x05 \x01(\t\x12\x11\n\tdeviation\x18\x06 \x01(\t\x12*\n\tpositions\x18\x07 \x03(\x0b\x32\x17.allocation.v1.Position\"E\n\rTickerSummary\x12\x0e\n\x06ticker\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x03\x12\x12\n\nlast_price\x18\x03 \x01(\t\"\xd8\x02\n\x0ePositionReport\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12\x31\n\rgenerate_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08split_id\x18\x03 \x01(\t\x12\x12\n\nfill_count\x18\x04 \x01(\x03\x12\x13\n\x0btotal_value\x18\x05 \x01(\t\x12\x31\n\x08\x61\x63\x63ounts\x18\x06 \x03(\x0b\x32\x1f.allocation.v1.AccountPositions\x12-\n\x07tickers\x18\x07 \x03(\x0b\x32\x1c.allocation.v1.TickerSummary\x12\x1a\n\x12total_market_value\x18\x08 \x01(\t\x12\x1a\n\x12pending_fill_count\x18\t \x01(\x03\x12\x12\n\njournal_id\x18\n \x01(\t\x12\x18\n\x10journal_sequence\x18\x0b \x01(\x03*9\n\x04Side\x12\x14\n\x10SIDE_UNSPECIFIED\x10\x00\x12\x0c\n\x08SIDE_BUY\x10\x01\x12\r\n\tSIDE_SELL\x10\x02*]\n\nFillStatus\x12\x1b\n\x17\x46ILL_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15\x46ILL_STATUS_ALLOCATED\x10\x01\x12\x17\n\x13\x46ILL_STATUS_PENDING\x10\x02*\xab\x03\n\x0fRejectionReason\x12 \n\x1cREJECTION_REASON_UNSPECIFIED\x10\x00\x12%\n!REJECTION_REASON_INVALID_ARGUMENT\x10\x01\x12*\n&REJECTION_REASON_INSUFFICIENT_HOLDINGS\x10\x02\x12*\n&REJECTION_REASON_CONFLICTING_DUPLICATE\x10\x03\x12#\n\x1fREJECTION_REASON_LIMIT_EXCEEDED\x10\x04\x12\x1e\n\x1aREJECTION_REASON_TOO_LARGE\x10\x05\x12\x1e\n\x1aREJECTION_REASON_NOT_FOUND\x10\x06\x12 \n\x1cREJECTION_REASON_UNAVAILABLE\x10\x07\x12!\n\x1dREJECTION_REASON_STALE_REPORT\x10\x08\x12%\n!REJECTION_REASON_TOO_MANY_STREAMS\x10\t\x12&\n\"REJECTION_REASON_PERMISSION_DENIED\x10\nb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x61llocation/v1/allocation.proto\x12\rallocation.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9d\x01\n\x04\x46ill\x12\x0f\n\x07\x66ill_id\x18\x01 \x01(\t\x12\x0e\n\x06ticker\x18\x02 \x01(\t\x12\r\n\x05price\x18\x03 \x01(\t\x12\x10\n\x08quantity\x18\x04 \x01(\x03\x12!\n\x04side\x18\x05 \x01(\x0e\x32\x13.allocation.v1.Side\x12\x30\n\x0c\x65xecute_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xc3\x01\n\x08\x41umSplit\x12\x10\n\x08split_id\x18\x01 \x01(\t\x12=\n\x0bpercentages\x18\x02 \x03(\x0b\x32(.allocation.v1.AumSplit.PercentagesEntry\x12\x32\n\x0e\x65\x66\x66\x65\x63tive_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a\x32\n\x10PercentagesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"4\n\x0f\x41\x63\x63ountQuantity\x12\x0f\n\x07\x61\x63\x63ount\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x03\"\xc8\x01\n\x0e\x46illAllocation\x12\x0f\n\x07\x66ill_id\x18\x01 \x01(\t\x12)\n\x06status\x18\x02 \x01(\x0e\x32\x19.allocation.v1.FillStatus\x12\x33\n\x0b\x61llocations\x18\x03 \x03(\x0b\x32\x1e.allocation.v1.AccountQuantity\x12\x10\n\x08split_id\x18\x04 \x01(\t\x12\x10\n\x08sequence\x18\x05 \x01(\x03\x12!\n\x04\x66ill\x18\x06 \x01(\x0b\x32\x13.allocation.v1.Fill\"[\n\tRejection\x12.\n\x06reason\x18\x01 \x01(\x0e\x32\x1e.allocation.v1.RejectionReason\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\r\n\x05\x66ield\x18\x03 \x01(\t\"Q\n\x08Position\x12\x0e\n\x06ticker\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x03\x12\r\n\x05value\x18\x03 \x01(\t\x12\x14\n\x0cmarket_value\x18\x04 \x01(\t\"\xd3\x01\n\x10\x41\x63\x63ountPositions\x12\x0f\n\x07\x61\x63\x63ount\x18\x01 \x01(\t\x12\x16\n\x0etarget_percent\x18\x02 \x01(\t\x12\x16\n\x0e\x61\x63tual_percent\x18\x03 \x01(\t\x12\r\n\x05value\x18\x04 \x01(\t\x12\x14\n\x0cmarket_value\x18\x05 \x01(\t\x12\x11\n\tdeviation\x18\x06 \x01(\t\x12*\n\tpositions\x18\x07 \x03(\x0b\x32\x17.allocation.v1.Position\x12\x1a\n\x12restricted_tickers\x18\x08 \x03(\t\"E\n\rTickerSummary\x12\x0e\n\x06ticker\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x03\x12\x12\n\nlast_price\x18\x03 \x01(\t\"\xd8\x02\n\x0ePositionReport\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12\x31\n\rgenerate_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08split_id\x18\x03 \x01(\t\x12\x12\n\nfill_count\x18\x04 \x01(\x03\x12\x13\n\x0btotal_value\x18\x05 \x01(\t\x12\x31\n\x08\x61\x63\x63ounts\x18\x06 \x03(\x0b\x32\x1f.allocation.v1.AccountPositions\x12-\n\x07tickers\x18\x07 \x03(\x0b\x32\x1c.allocation.v1.TickerSummary\x12\x1a\n\x12total_market_value\x18\x08 \x01(\t\x12\x1a\n\x12pending_fill_count\x18\t \x01(\x03\x12\x12\n\njournal_id\x18\n \x01(\t\x12\x18\n\x10journal_sequence\x18\x0b \x01(\x03\"\xb7\x01\n\x0cRestrictions\x12\x17\n\x0frestrictions_id\x18\x01 \x01(\t\x12;\n\x08\x61\x63\x63ounts\x18\x02 \x03(\x0b\x32).allocation.v1.Restrictions.AccountsEntry\x1aQ\n\rAccountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12/\n\x05value\x18\x02 \x01(\x0b\x32 .allocation.v1.RestrictedTickers:\x02\x38\x01\"$\n\x11RestrictedTickers\x12\x0f\n\x07tickers\x18\x01 \x03(\t*9\n\x04Side\x12\x14\n\x10SIDE_UNSPECIFIED\x10\x00\x12\x0c\n\x08SIDE_BUY\x10\x01\x12\r\n\tSIDE_SELL\x10\x02*]\n\nFillStatus\x12\x1b\n\x17\x46ILL_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15\x46ILL_STATUS_ALLOCATED\x10\x01\x12\x17\n\x13\x46ILL_STATUS_PENDING\x10\x02*\xcc\x03\n\x0fRejectionReason\x12 \n\x1cREJECTION_REASON_UNSPECIFIED\x10\x00\x12%\n!REJECTION_REASON_INVALID_ARGUMENT\x10\x01\x12*\n&REJECTION_REASON_INSUFFICIENT_HOLDINGS\x10\x02\x12*\n&REJECTION_REASON_CONFLICTING_DUPLICATE\x10\x03\x12#\n\x1fREJECTION_REASON_LIMIT_EXCEEDED\x10\x04\x12\x1e\n\x1aREJECTION_REASON_TOO_LARGE\x10\x05\x12\x1e\n\x1aREJECTION_REASON_NOT_FOUND\x10\x06\x12 \n\x1cREJECTION_REASON_UNAVAILABLE\x10\x07\x12!\n\x1dREJECTION_REASON_STALE_REPORT\x10\x08\x12%\n!REJECTION_REASON_TOO_MANY_STREAMS\x10\t\x12&\n\"REJECTION_REASON_PERMISSION_DENIED\x10\n\x12\x1f\n\x1bREJECTION_REASON_RESTRICTED\x10\x0b\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,12 +34,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_AUMSPLIT_PERCENTAGESENTRY']._loaded_options = None
   _globals['_AUMSPLIT_PERCENTAGESENTRY']._serialized_options = b'8\001'
-  _globals['_SIDE']._serialized_start=1477
-  _globals['_SIDE']._serialized_end=1534
-  _globals['_FILLSTATUS']._serialized_start=1536
-  _globals['_FILLSTATUS']._serialized_end=1629
-  _globals['_REJECTIONREASON']._serialized_start=1632
-  _globals['_REJECTIONREASON']._serialized_end=2059
+  _globals['_RESTRICTIONS_ACCOUNTSENTRY']._loaded_options = None
+  _globals['_RESTRICTIONS_ACCOUNTSENTRY']._serialized_options = b'8\001'
+  _globals['_SIDE']._serialized_start=1729
+  _globals['_SIDE']._serialized_end=1786
+  _globals['_FILLSTATUS']._serialized_start=1788
+  _globals['_FILLSTATUS']._serialized_end=1881
+  _globals['_REJECTIONREASON']._serialized_start=1884
+  _globals['_REJECTIONREASON']._serialized_end=2344
   _globals['_FILL']._serialized_start=83
   _globals['_FILL']._serialized_end=240
   _globals['_AUMSPLIT']._serialized_start=243
@@ -55,9 +57,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_POSITION']._serialized_start=790
   _globals['_POSITION']._serialized_end=871
   _globals['_ACCOUNTPOSITIONS']._serialized_start=874
-  _globals['_ACCOUNTPOSITIONS']._serialized_end=1057
-  _globals['_TICKERSUMMARY']._serialized_start=1059
-  _globals['_TICKERSUMMARY']._serialized_end=1128
-  _globals['_POSITIONREPORT']._serialized_start=1131
-  _globals['_POSITIONREPORT']._serialized_end=1475
+  _globals['_ACCOUNTPOSITIONS']._serialized_end=1085
+  _globals['_TICKERSUMMARY']._serialized_start=1087
+  _globals['_TICKERSUMMARY']._serialized_end=1156
+  _globals['_POSITIONREPORT']._serialized_start=1159
+  _globals['_POSITIONREPORT']._serialized_end=1503
+  _globals['_RESTRICTIONS']._serialized_start=1506
+  _globals['_RESTRICTIONS']._serialized_end=1689
+  _globals['_RESTRICTIONS_ACCOUNTSENTRY']._serialized_start=1608
+  _globals['_RESTRICTIONS_ACCOUNTSENTRY']._serialized_end=1689
+  _globals['_RESTRICTEDTICKERS']._serialized_start=1691
+  _globals['_RESTRICTEDTICKERS']._serialized_end=1727
 # @@protoc_insertion_point(module_scope)

@@ -120,6 +120,11 @@ class _RejectionReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Rejec
     PERMISSION_DENIED, for the whole call), or, in a batch, a fill id outside the ids its venue
     identity may use (see the README's "Security"). Sent only when authorization is on.
     """
+    REJECTION_REASON_RESTRICTED: _RejectionReason.ValueType  # 11
+    """Every account that could receive the buy is restricted from its ticker (or, for a split,
+    a fill waiting for the first split would have no account to go to); nothing changed
+    (unary: FAILED_PRECONDITION).
+    """
 
 class RejectionReason(_RejectionReason, metaclass=_RejectionReasonEnumTypeWrapper):
     """Why a request, or one fill of a stream message, was refused. A refused message changes
@@ -164,6 +169,11 @@ REJECTION_REASON_PERMISSION_DENIED: RejectionReason.ValueType  # 10
 """The caller's verified identity may not do this: its roles do not include the method (unary:
 PERMISSION_DENIED, for the whole call), or, in a batch, a fill id outside the ids its venue
 identity may use (see the README's "Security"). Sent only when authorization is on.
+"""
+REJECTION_REASON_RESTRICTED: RejectionReason.ValueType  # 11
+"""Every account that could receive the buy is restricted from its ticker (or, for a split,
+a fill waiting for the first split would have no account to go to); nothing changed
+(unary: FAILED_PRECONDITION).
 """
 Global___RejectionReason: _TypeAlias = RejectionReason  # noqa: Y015
 
@@ -438,6 +448,7 @@ class AccountPositions(_message.Message):
     MARKET_VALUE_FIELD_NUMBER: _builtins.int
     DEVIATION_FIELD_NUMBER: _builtins.int
     POSITIONS_FIELD_NUMBER: _builtins.int
+    RESTRICTED_TICKERS_FIELD_NUMBER: _builtins.int
     account: _builtins.str
     """Account name."""
     target_percent: _builtins.str
@@ -454,6 +465,12 @@ class AccountPositions(_message.Message):
     def positions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Position]:
         """Per-ticker positions, sorted by ticker; tickers the account never held are omitted."""
 
+    @_builtins.property
+    def restricted_tickers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Tickers the account may not buy under the restrictions in force, sorted (it receives none
+        of their buys; its holdings can still be sold from).
+        """
+
     def __init__(
         self,
         *,
@@ -464,10 +481,11 @@ class AccountPositions(_message.Message):
         market_value: _builtins.str = ...,
         deviation: _builtins.str = ...,
         positions: _abc.Iterable[Global___Position] | None = ...,
+        restricted_tickers: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "actual_percent", b"actual_percent", "deviation", b"deviation", "market_value", b"market_value", "positions", b"positions", "target_percent", b"target_percent", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "actual_percent", b"actual_percent", "deviation", b"deviation", "market_value", b"market_value", "positions", b"positions", "restricted_tickers", b"restricted_tickers", "target_percent", b"target_percent", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -579,3 +597,83 @@ class PositionReport(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PositionReport: _TypeAlias = PositionReport  # noqa: Y015
+
+@_typing.final
+class Restrictions(_message.Message):
+    """The restricted list: per account, the tickers it may not buy (ESG screens, compliance,
+    client mandates). It replaces the previous list entirely.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class AccountsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> Global___RestrictedTickers: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: Global___RestrictedTickers | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    RESTRICTIONS_ID_FIELD_NUMBER: _builtins.int
+    ACCOUNTS_FIELD_NUMBER: _builtins.int
+    restrictions_id: _builtins.str
+    """Identifier of this list; optional, 1-64 characters from [A-Za-z0-9._:-]. When empty the
+    controller assigns "restrictions#<sequence>". Reusing an id with a different list is
+    refused; the same list again is a duplicate and changes nothing.
+    """
+    @_builtins.property
+    def accounts(self) -> _containers.MessageMap[_builtins.str, Global___RestrictedTickers]:
+        """Account name -> the tickers it may not buy (each in the controller's ticker universe).
+        Accounts not named may buy everything.
+        """
+
+    def __init__(
+        self,
+        *,
+        restrictions_id: _builtins.str = ...,
+        accounts: _abc.Mapping[_builtins.str, Global___RestrictedTickers] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accounts", b"accounts", "restrictions_id", b"restrictions_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Restrictions: _TypeAlias = Restrictions  # noqa: Y015
+
+@_typing.final
+class RestrictedTickers(_message.Message):
+    """Tickers one account may not buy."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TICKERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def tickers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Ticker symbols; order and repeats do not matter."""
+
+    def __init__(
+        self,
+        *,
+        tickers: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tickers", b"tickers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RestrictedTickers: _TypeAlias = RestrictedTickers  # noqa: Y015

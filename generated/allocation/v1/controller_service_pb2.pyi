@@ -462,3 +462,85 @@ class GetFillAllocationResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetFillAllocationResponse: _TypeAlias = GetFillAllocationResponse  # noqa: Y015
+
+@_typing.final
+class SetRestrictionsRequest(_message.Message):
+    """Request of SetRestrictions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESTRICTIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def restrictions(self) -> _allocation_pb2.Restrictions:
+        """The new restricted list."""
+
+    def __init__(
+        self,
+        *,
+        restrictions: _allocation_pb2.Restrictions | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["restrictions", b"restrictions"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["restrictions", b"restrictions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetRestrictionsRequest: _TypeAlias = SetRestrictionsRequest  # noqa: Y015
+
+@_typing.final
+class RestrictionsReceipt(_message.Message):
+    """Where a restricted list was journaled."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESTRICTIONS_ID_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    restrictions_id: _builtins.str
+    """The list's id (assigned by the controller when the request left it empty)."""
+    sequence: _builtins.int
+    """Position of the list in the controller's journal."""
+    def __init__(
+        self,
+        *,
+        restrictions_id: _builtins.str = ...,
+        sequence: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["restrictions_id", b"restrictions_id", "sequence", b"sequence"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RestrictionsReceipt: _TypeAlias = RestrictionsReceipt  # noqa: Y015
+
+@_typing.final
+class SetRestrictionsResponse(_message.Message):
+    """Response of SetRestrictions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCEPTED_FIELD_NUMBER: _builtins.int
+    DUPLICATE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def accepted(self) -> Global___RestrictionsReceipt:
+        """The list was journaled and is in force from the next event on."""
+
+    @_builtins.property
+    def duplicate(self) -> Global___RestrictionsReceipt:
+        """The restrictions_id was already journaled with the identical list: nothing changed."""
+
+    def __init__(
+        self,
+        *,
+        accepted: Global___RestrictionsReceipt | None = ...,
+        duplicate: Global___RestrictionsReceipt | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "duplicate", b"duplicate", "outcome", b"outcome"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "duplicate", b"duplicate", "outcome", b"outcome"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_outcome: _TypeAlias = _typing.Literal["accepted", "duplicate"]  # noqa: Y015
+    _WhichOneofArgType_outcome: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_outcome) -> _WhichOneofReturnType_outcome | None: ...
+
+Global___SetRestrictionsResponse: _TypeAlias = SetRestrictionsResponse  # noqa: Y015

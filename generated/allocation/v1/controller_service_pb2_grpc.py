@@ -69,6 +69,11 @@ class ControllerServiceStub:
                 request_serializer=allocation_dot_v1_dot_controller__service__pb2.GetFillAllocationRequest.SerializeToString,
                 response_deserializer=allocation_dot_v1_dot_controller__service__pb2.GetFillAllocationResponse.FromString,
                 _registered_method=True)
+        self.SetRestrictions = channel.unary_unary(
+                '/allocation.v1.ControllerService/SetRestrictions',
+                request_serializer=allocation_dot_v1_dot_controller__service__pb2.SetRestrictionsRequest.SerializeToString,
+                response_deserializer=allocation_dot_v1_dot_controller__service__pb2.SetRestrictionsResponse.FromString,
+                _registered_method=True)
 
 
 class ControllerServiceServicer:
@@ -129,6 +134,14 @@ class ControllerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetRestrictions(self, request, context):
+        """Replaces the restricted list (per account, tickers it may not buy). Journaled and in force
+        from the next event on; idempotent by restrictions_id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControllerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -161,6 +174,11 @@ def add_ControllerServiceServicer_to_server(servicer, server):
                     servicer.GetFillAllocation,
                     request_deserializer=allocation_dot_v1_dot_controller__service__pb2.GetFillAllocationRequest.FromString,
                     response_serializer=allocation_dot_v1_dot_controller__service__pb2.GetFillAllocationResponse.SerializeToString,
+            ),
+            'SetRestrictions': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetRestrictions,
+                    request_deserializer=allocation_dot_v1_dot_controller__service__pb2.SetRestrictionsRequest.FromString,
+                    response_serializer=allocation_dot_v1_dot_controller__service__pb2.SetRestrictionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -330,6 +348,33 @@ class ControllerService:
             '/allocation.v1.ControllerService/GetFillAllocation',
             allocation_dot_v1_dot_controller__service__pb2.GetFillAllocationRequest.SerializeToString,
             allocation_dot_v1_dot_controller__service__pb2.GetFillAllocationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetRestrictions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/allocation.v1.ControllerService/SetRestrictions',
+            allocation_dot_v1_dot_controller__service__pb2.SetRestrictionsRequest.SerializeToString,
+            allocation_dot_v1_dot_controller__service__pb2.SetRestrictionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

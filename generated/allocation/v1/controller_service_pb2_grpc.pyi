@@ -63,6 +63,10 @@ class ControllerServiceStub:
     """
     GetFillAllocation: _grpc.UnaryUnaryMultiCallable[_controller_service_pb2.GetFillAllocationRequest, _controller_service_pb2.GetFillAllocationResponse]
     """Audit look-up of one fill's allocation from the journal. Error: NOT_FOUND."""
+    SetRestrictions: _grpc.UnaryUnaryMultiCallable[_controller_service_pb2.SetRestrictionsRequest, _controller_service_pb2.SetRestrictionsResponse]
+    """Replaces the restricted list (per account, tickers it may not buy). Journaled and in force
+    from the next event on; idempotent by restrictions_id.
+    """
 
 @_typing.type_check_only
 class ControllerServiceAsyncStub(ControllerServiceStub):
@@ -99,6 +103,10 @@ class ControllerServiceAsyncStub(ControllerServiceStub):
     """
     GetFillAllocation: _aio.UnaryUnaryMultiCallable[_controller_service_pb2.GetFillAllocationRequest, _controller_service_pb2.GetFillAllocationResponse]  # type: ignore[assignment]
     """Audit look-up of one fill's allocation from the journal. Error: NOT_FOUND."""
+    SetRestrictions: _aio.UnaryUnaryMultiCallable[_controller_service_pb2.SetRestrictionsRequest, _controller_service_pb2.SetRestrictionsResponse]  # type: ignore[assignment]
+    """Replaces the restricted list (per account, tickers it may not buy). Journaled and in force
+    from the next event on; idempotent by restrictions_id.
+    """
 
 class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
     """Allocates fills of a block order to accounts in whole shares, following the AUM split.
@@ -168,5 +176,15 @@ class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_controller_service_pb2.GetFillAllocationResponse, _abc.Awaitable[_controller_service_pb2.GetFillAllocationResponse]]:
         """Audit look-up of one fill's allocation from the journal. Error: NOT_FOUND."""
+
+    @_abc_1.abstractmethod
+    def SetRestrictions(
+        self,
+        request: _controller_service_pb2.SetRestrictionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_service_pb2.SetRestrictionsResponse, _abc.Awaitable[_controller_service_pb2.SetRestrictionsResponse]]:
+        """Replaces the restricted list (per account, tickers it may not buy). Journaled and in force
+        from the next event on; idempotent by restrictions_id.
+        """
 
 def add_ControllerServiceServicer_to_server(servicer: ControllerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
