@@ -26,6 +26,8 @@ class Problem:
     quantity: int
     buy: bool
     fill_id: str
+    restricted: tuple[bool, ...] = ()
+    """Accounts that may not buy the fill's ticker (they keep their weight in the targets)."""
 
     def weights(self) -> list[Fraction]:
         total = sum(self.percents)
@@ -33,7 +35,11 @@ class Problem:
 
     def caps(self) -> list[int]:
         if self.buy:
-            return [self.quantity if p > 0 else 0 for p in self.percents]
+            barred = self.restricted or (False,) * len(self.percents)
+            return [
+                self.quantity if p > 0 and not no else 0
+                for p, no in zip(self.percents, barred, strict=True)
+            ]
         return list(self.holdings)
 
     def new_total(self) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
-from controller.domain import Fill, Side, Split
+from controller.domain import Fill, Restrictions, Side, Split
 
 TICKERS = ("AAPL", "MSFT", "TSLA")
 ACCOUNT_POOL = tuple(f"acct-{i}" for i in range(8))
@@ -36,14 +36,34 @@ def fills(draw: st.DrawFn, fill_id: str, max_quantity: int = 60, sells: bool = T
 
 
 @st.composite
+def restrictions(draw: st.DrawFn, restrictions_id: str = "r") -> Restrictions:
+    """A restricted list: a few accounts of the pool, each barred from some tickers."""
+    names = draw(st.lists(st.sampled_from(ACCOUNT_POOL), max_size=6, unique=True))
+    return Restrictions(
+        restrictions_id,
+        {
+            name: frozenset(draw(st.lists(st.sampled_from(TICKERS), min_size=1, unique=True)))
+            for name in names
+        },
+    )
+
+
+@st.composite
 def events(
-    draw: st.DrawFn, max_events: int = 25, max_quantity: int = 60, sells: bool = True
-) -> list[Fill | Split]:
-    """A split first (sometimes after a few fills), then fills mixed with new splits."""
+    draw: st.DrawFn,
+    max_events: int = 25,
+    max_quantity: int = 60,
+    sells: bool = True,
+    restricted: bool = False,
+) -> list[Fill | Split | Restrictions]:
+    """A split first (sometimes after a few fills), then fills mixed with new splits (and, if
+    ``restricted``, new restricted lists, the first possibly before the first split)."""
     count = draw(st.integers(1, max_events))
-    result: list[Fill | Split] = []
+    result: list[Fill | Split | Restrictions] = []
     first_split_at = draw(st.integers(0, min(3, count)))
     for n in range(count):
+        if restricted and draw(st.integers(0, 5)) == 0:
+            result.append(draw(restrictions(restrictions_id=f"r{n}")))
         if n == first_split_at or (n > first_split_at and draw(st.integers(0, 6)) == 0):
             result.append(draw(splits(split_id=f"s{n}")))
         else:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from fractions import Fraction
 
@@ -12,7 +12,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from controller.book import VECTOR_SAFE, Book
-from controller.domain import Allocation, Fill, Rejected, RejectReason, Side, Split
+from controller.domain import (
+    NO_RESTRICTIONS,
+    Allocation,
+    Fill,
+    Rejected,
+    RejectReason,
+    Restrictions,
+    Side,
+    Split,
+)
 from controller.policy import PER_TICKER, POLICIES, TOTAL_VALUE
 from tests.oracles import Problem, brute_force_minimum, unit_greedy
 from tests.strategies import TICKERS, events
@@ -28,7 +37,13 @@ PATHS = {
 }
 
 
-def problem_for(book: Book, split: Split, fill: Fill, policy: str = TOTAL_VALUE) -> Problem:
+def problem_for(
+    book: Book,
+    split: Split,
+    fill: Fill,
+    policy: str = TOTAL_VALUE,
+    restrictions: Restrictions = NO_RESTRICTIONS,
+) -> Problem:
     """The oracle's view of the book just before ``fill``: under ``per-ticker`` an account's
     value is its holding of the fill's ticker at the fill's price, as the definition says."""
     snapshot = book.snapshot()
@@ -51,6 +66,7 @@ def problem_for(book: Book, split: Split, fill: Fill, policy: str = TOTAL_VALUE)
         quantity=fill.quantity,
         buy=fill.side is Side.BUY,
         fill_id=fill.fill_id,
+        restricted=tuple(name in restrictions.restricted(fill.ticker) for name in names),
     )
 
 
@@ -59,11 +75,16 @@ def shares_of(allocation: Allocation, names: list[str]) -> list[int]:
     return [given_shares.get(name, 0) for name in names]
 
 
-def run(book: Book, sequence: list[Fill | Split]) -> list[Allocation]:
+Event = Fill | Split | Restrictions
+
+
+def run(book: Book, sequence: Sequence[Event]) -> list[Allocation]:
     """Apply events, skipping fills the book rejects (they must change nothing)."""
     out: list[Allocation] = []
     for event in sequence:
-        if isinstance(event, Split):
+        if isinstance(event, Restrictions):
+            book.set_restrictions(event)
+        elif isinstance(event, Split):
             out.extend(book.set_split(event))
         else:
             try:
@@ -74,19 +95,28 @@ def run(book: Book, sequence: list[Fill | Split]) -> list[Allocation]:
 
 
 def fills_after_a_split(
-    book: Book, sequence: list[Fill | Split], policy: str = TOTAL_VALUE
+    book: Book, sequence: Sequence[Event], policy: str = TOTAL_VALUE
 ) -> Iterator[tuple[Fill, Problem]]:
-    """Apply the splits and the fills before the first split (pending); yield every later fill
-    with the oracle's view of the book just before it, for the caller to submit."""
+    """Apply the splits, restricted lists and the fills before the first split (pending);
+    yield every later fill with the oracle's view of the book just before it, for the caller
+    to submit. A split that would strand a pending buy is refused and changes nothing."""
     split: Split | None = None
+    restrictions = NO_RESTRICTIONS
     for event in sequence:
-        if isinstance(event, Split):
+        if isinstance(event, Restrictions):
+            restrictions = event
+            book.set_restrictions(event)
+        elif isinstance(event, Split):
+            try:
+                book.set_split(event)
+            except Rejected as refused:
+                assert refused.reason is RejectReason.RESTRICTED
+                continue
             split = event
-            book.set_split(event)
         elif split is None:
             assert all(a.pending for a in run(book, [event]))
         else:
-            yield event, problem_for(book, split, event, policy)
+            yield event, problem_for(book, split, event, policy, restrictions)
 
 
 @pytest.mark.parametrize("policy", POLICIES)
@@ -126,6 +156,47 @@ def test_allocation_reaches_brute_force_minimum(
             continue
         shares = shares_of(allocation, problem.accounts)
         assert problem.cost(shares) == brute_force_minimum(problem)
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("path", PATHS)
+@settings(max_examples=100, deadline=None)
+@given(sequence=events(max_quantity=40, restricted=True))
+def test_restricted_accounts_get_no_buys_and_the_others_share_optimally(
+    path: str, policy: str, sequence: list[Event]
+) -> None:
+    """Against the share-by-share oracle with the restricted accounts' buy caps at zero (they
+    keep their weight in the targets): equal allocations, ties by the documented key. A buy no
+    account may receive is refused and changes nothing; sells ignore restrictions."""
+    book = Book(TICKERS, *PATHS[path], policy=policy)
+    for event, problem in fills_after_a_split(book, sequence, policy):
+        receivable = sum(problem.caps())
+        if (receivable < problem.quantity and not problem.buy) or receivable == 0:
+            before = book.snapshot()
+            with pytest.raises(Rejected) as refused:
+                book.submit(event)
+            expected = (
+                RejectReason.RESTRICTED if problem.buy else RejectReason.INSUFFICIENT_HOLDINGS
+            )
+            assert refused.value.reason is expected
+            assert book.snapshot() == before
+            continue
+        shares = shares_of(book.submit(event), problem.accounts)
+        assert shares == unit_greedy(problem)
+        if problem.buy:
+            assert not any(x for x, no in zip(shares, problem.restricted, strict=True) if no)
+
+
+def test_a_first_split_that_would_strand_a_pending_buy_is_refused() -> None:
+    book = Book(TICKERS)
+    book.set_restrictions(Restrictions("r", {"a": frozenset({"AAPL"})}))
+    book.submit(Fill("early", "AAPL", 10 * 10**6, 5))
+    with pytest.raises(Rejected) as refused:
+        book.set_split(Split("only-a", {"a": 100 * 10**6}))
+    assert refused.value.reason is RejectReason.RESTRICTED
+    assert "'early' waits to buy AAPL" in refused.value.message
+    released = book.set_split(Split("a-and-b", {"a": 50 * 10**6, "b": 50 * 10**6}))
+    assert [dict(a.shares) for a in released] == [{"b": 5}]
 
 
 def _excess(problem: Problem, shares: list[int], after: bool) -> list[Fraction]:
