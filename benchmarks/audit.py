@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from controller.audit.history import SplitEvent, SqliteHistory
+from controller.audit.history import FillEvent, SplitEvent, SqliteHistory
 from controller.audit.simulation import simulate
 from controller.audit.verify import verify
 from controller.book import Book
@@ -46,7 +46,7 @@ def run(fills: int) -> AuditResult:
         for event in history.events():
             if isinstance(event, SplitEvent):
                 book.set_split(event.split)
-            else:
+            elif isinstance(event, FillEvent):
                 book.submit(event.fill)
         engine = time.perf_counter() - started
         started = time.perf_counter()

@@ -20,7 +20,7 @@ from allocation.v1 import allocation_pb2, controller_service_pb2
 from controller.audit.explain import explain
 from controller.audit.export import rows
 from controller.audit.fairness import tally
-from controller.audit.history import FillEvent, SplitEvent, SqliteHistory
+from controller.audit.history import FillEvent, RestrictionsEvent, SplitEvent, SqliteHistory
 from controller.audit.positions import positions_as_of
 from controller.audit.simulation import simulate
 from controller.audit.verify import verify
@@ -324,8 +324,44 @@ def test_verify_and_explain_follow_the_journals_policy(tmp_path: Path) -> None:
     for event in history.events():
         if isinstance(event, SplitEvent):
             total_value.set_split(event.split)
+        if not isinstance(event, FillEvent):
             continue
         answer = total_value.submit(event.fill)
         if event.allocated_sequence == event.sequence:  # not one that waited for a split
             answers.append(answer == event.journaled)
     assert answers and not all(answers)
+
+
+def test_verify_covers_restricted_lists(tmp_path: Path) -> None:
+    path = tmp_path / "restricted.db"
+    simulate(path, 3_000, seed=9, split_every=600, restart_at=1_500, restrict=True)
+    history = SqliteHistory(path)
+    events = list(history.events())
+    lists = [e for e in events if isinstance(e, RestrictionsEvent)]
+    assert len(lists) >= 5
+    assert verify(history).mismatches == []
+    # A buy journaled to a restricted account is caught by the certificate.
+    first, second = lists[0], lists[1]
+    account, tickers = next(iter(first.restrictions.accounts.items()))
+    victim = next(
+        e
+        for e in events
+        if isinstance(e, FillEvent)
+        and first.sequence < e.sequence < second.sequence
+        and e.allocated_sequence == e.sequence
+        and e.fill.side is Side.BUY
+        and e.fill.ticker in tickers
+    )
+    receivers = list(victim.journaled.accounts)
+    receivers[0] = account
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "UPDATE fills SET accounts = ? WHERE fill_id = ?",
+            (",".join(receivers), victim.fill.fill_id),
+        )
+    problems = [
+        m.problem
+        for m in verify(SqliteHistory(path)).mismatches
+        if m.subject == victim.fill.fill_id
+    ]
+    assert any("restricted" in problem for problem in problems), problems

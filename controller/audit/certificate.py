@@ -67,14 +67,15 @@ def check(ledger: Ledger, allocation: Allocation, policy: str = TOTAL_VALUE) -> 
     percents = split.percents
     if fill.side is Side.BUY:
         after = before + unit * fill.quantity
-        outside = sorted(a for a in shares if percents.get(a, 0) <= 0)
+        barred = ledger.restrictions.restricted(fill.ticker)
+        outside = sorted(a for a in shares if percents.get(a, 0) <= 0 or a in barred)
         if outside:
-            problems.append(f"buys given to accounts without weight: {outside}")
+            problems.append(f"buys given to accounts without weight or restricted: {outside}")
         e = {
             account: scale * (values.get(account, 0) + unit * shares.get(account, 0))
             - percent * after
             for account, percent in percents.items()
-            if percent > 0
+            if percent > 0 and account not in barred
         }
         givers = _two(((e[a], a) for a in shares if a in e), largest=True)
         takers = _two(((value, a) for a, value in e.items()), largest=False)

@@ -267,6 +267,7 @@ def _fill_table(explanation: Explanation, plain: bool) -> Table:
         ),
         ("split in force", explanation.split_id or "none"),
         ("policy", explanation.policy),
+        (f"restricted from {explanation.ticker}", ", ".join(explanation.restricted) or "none"),
         ("book total before", format_micro(explanation.total_before)),
     ):
         table.add_row(field, value)

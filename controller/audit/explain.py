@@ -54,6 +54,9 @@ class Explanation:
     policy: str
     """total-value: the amounts are cost values; per-ticker: holdings of the ticker, in
     (micro-)shares."""
+    restricted: tuple[str, ...]
+    """Accounts barred from buying the ticker when the fill was allocated (left out of a
+    buy's table: they could receive nothing)."""
     total_before: int
     accounts: tuple[AccountLine, ...]
 
@@ -81,6 +84,9 @@ def explain(history: JournalHistory, fill_id: str) -> Explanation:
             split_id="" if split is None else split.split_id,
             split_total=0 if split is None else split.total,
             policy=history.policy,
+            restricted=()
+            if ledger is None
+            else tuple(sorted(ledger.restrictions.restricted(fill.ticker))),
             total_before=0
             if ledger is None
             else _micro(ledger.measure(history.policy, fill.ticker, fill.price)[1], history),
@@ -112,7 +118,8 @@ def _lines(ledger: Ledger, split: Split, allocation: Allocation, policy: str) ->
     after = total + (unit if buy else -unit) * fill.quantity
     held = ledger.holdings.get(fill.ticker, {})
     if buy:
-        accounts = sorted(a for a, p in split.percents.items() if p > 0)
+        barred = ledger.restrictions.restricted(fill.ticker)
+        accounts = sorted(a for a, p in split.percents.items() if p > 0 and a not in barred)
         caps = dict.fromkeys(accounts, fill.quantity)
     else:
         accounts = sorted(held)

@@ -102,6 +102,8 @@ def rows(
                         percent,
                     )
             continue
+        if not isinstance(event, FillEvent):
+            continue
         fill = event.fill
         if table == "fills":
             yield (

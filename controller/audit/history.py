@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Protocol
 
 from controller.book import PositionRow
-from controller.domain import Allocation, Fill, Side, Split
-from controller.journal import SCHEMA_VERSION, Counters
+from controller.domain import Allocation, Fill, Restrictions, Side, Split
+from controller.journal import SCHEMA_VERSION, Counters, restrictions_from_json
 from controller.policy import TOTAL_VALUE
 
 
@@ -52,7 +52,16 @@ class SplitEvent:
     recorded_ns: int | None
 
 
-Event = FillEvent | SplitEvent
+@dataclass(frozen=True, slots=True)
+class RestrictionsEvent:
+    """A restricted list as it was sequenced."""
+
+    sequence: int
+    restrictions: Restrictions
+    recorded_ns: int | None
+
+
+Event = FillEvent | SplitEvent | RestrictionsEvent
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,20 +177,34 @@ class SqliteHistory:
         """How many events have a sequence up to ``until``."""
         limit = _limit(until)
         fills = self._db.execute("SELECT count(*) FROM fills WHERE sequence <= ?", (limit,))
-        splits = self._db.execute("SELECT count(*) FROM splits WHERE sequence <= ?", (limit,))
-        return int(fills.fetchone()[0]) + int(splits.fetchone()[0])
+        others = self._db.execute(
+            "SELECT (SELECT count(*) FROM splits WHERE sequence <= ?1)"
+            " + (SELECT count(*) FROM restrictions WHERE sequence <= ?1)",
+            (limit,),
+        )
+        return int(fills.fetchone()[0]) + int(others.fetchone()[0])
 
     def events(self, until: int | None = None) -> Iterator[Event]:
-        """Fills and splits merged in sequence order (splits are few: read at once)."""
+        """Fills, splits and restricted lists merged in sequence order (the last two are few:
+        read at once)."""
         limit = _limit(until)
-        splits = [
+        splits: list[SplitEvent | RestrictionsEvent] = [
             SplitEvent(sequence, Split(split_id, json.loads(percents), effective), recorded)
             for sequence, split_id, percents, effective, recorded in self._db.execute(
                 "SELECT sequence, split_id, percents, effective_time_ns, recorded_ns FROM splits"
-                " WHERE sequence <= ? ORDER BY sequence",
+                " WHERE sequence <= ?",
                 (limit,),
             )
         ]
+        splits += [
+            RestrictionsEvent(sequence, restrictions_from_json(restrictions_id, accounts), recorded)
+            for sequence, restrictions_id, accounts, recorded in self._db.execute(
+                "SELECT sequence, restrictions_id, accounts, recorded_ns FROM restrictions"
+                " WHERE sequence <= ?",
+                (limit,),
+            )
+        ]
+        splits.sort(key=lambda event: event.sequence)
         # A cursor of its own: the merge below reads it while the caller works.
         cursor = self._db.cursor()
         cursor.arraysize = 1024
@@ -218,7 +241,8 @@ class SqliteHistory:
         """The last sequence recorded at or before ``time_ns``."""
         row = self._db.execute(
             "SELECT max(s) FROM (SELECT max(sequence) AS s FROM fills WHERE recorded_ns <= ?1"
-            " UNION ALL SELECT max(sequence) FROM splits WHERE recorded_ns <= ?1)",
+            " UNION ALL SELECT max(sequence) FROM splits WHERE recorded_ns <= ?1"
+            " UNION ALL SELECT max(sequence) FROM restrictions WHERE recorded_ns <= ?1)",
             (time_ns,),
         ).fetchone()
         return int(row[0] or 0)

@@ -12,9 +12,15 @@ from collections import defaultdict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
-from controller.audit.history import Event, FillEvent, JournalHistory, SplitEvent
+from controller.audit.history import (
+    Event,
+    FillEvent,
+    JournalHistory,
+    RestrictionsEvent,
+    SplitEvent,
+)
 from controller.book import PositionRow
-from controller.domain import Allocation, Side, Split
+from controller.domain import NO_RESTRICTIONS, Allocation, Restrictions, Side, Split
 from controller.policy import PER_TICKER
 
 
@@ -23,6 +29,7 @@ class Ledger:
     """Net cost values, holdings and the split in force, from journaled allocations only."""
 
     split: Split | None = None
+    restrictions: Restrictions = NO_RESTRICTIONS
     total: int = 0
     """Sum of every account's net cost value (micro-units)."""
     values: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
@@ -101,7 +108,9 @@ def replay(
         yield event
         ledger.sequence = event.sequence
         ledger.recorded_ns = event.recorded_ns
-        if isinstance(event, SplitEvent):
+        if isinstance(event, RestrictionsEvent):
+            ledger.restrictions = event.restrictions
+        elif isinstance(event, SplitEvent):
             ledger.split = event.split
             released, ledger.pending = ledger.pending, []
             for waiting in released:

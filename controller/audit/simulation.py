@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from controller.book import Book
-from controller.domain import Fill, Rejected
+from controller.domain import Fill, Rejected, Restrictions
 from controller.journal import Journal
 from controller.policy import TOTAL_VALUE
 from controller.sequencer import Sequencer
@@ -35,10 +35,12 @@ def simulate(
     restart_at: int | None = None,
     tickers: Sequence[str] = DEFAULT_TICKERS,
     policy: str = TOTAL_VALUE,
+    restrict: bool = False,
 ) -> None:
     """Write a journal of ``fills`` fills at ``path``: ``pending_first`` of them before the
     first split, a new random split over ``accounts`` accounts every ``split_every`` fills, and a
-    stop and recovery after ``restart_at`` fills."""
+    stop and recovery after ``restart_at`` fills. With ``restrict``, each split comes with a
+    new restricted list barring a few accounts from a few tickers."""
     rng = random.Random(seed)
     generator = FillGenerator(seed, "sim", tuple(tickers), 0.2)
     journal = Journal(path, synchronous="OFF", policy=policy)
@@ -50,7 +52,16 @@ def simulate(
         while done < fills:
             if done == next_split:
                 splits += 1
-                sequencer.set_split(parse_split(random_split(rng, accounts, f"split-{splits}")))
+                split = parse_split(random_split(rng, accounts, f"split-{splits}"))
+                if restrict:
+                    barred = rng.sample(sorted(split.percents), max(1, accounts // 4))
+                    sequencer.set_restrictions(
+                        Restrictions(
+                            f"restricted-{splits}",
+                            {a: frozenset(rng.sample(list(tickers), 3)) for a in barred},
+                        )
+                    )
+                sequencer.set_split(split)
                 next_split += split_every
             if done == restart_at:
                 sequencer.stop()

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from controller.audit.certificate import check
-from controller.audit.history import FillEvent, JournalHistory, SplitEvent
+from controller.audit.history import FillEvent, JournalHistory, RestrictionsEvent, SplitEvent
 from controller.audit.ledger import Ledger, Step, replay
 from controller.book import Book
 from controller.domain import Allocation, Rejected
@@ -116,6 +116,9 @@ def verify(
         result.events += 1
         if progress is not None and result.events % 1_000 == 0:
             progress(result.events)
+        if isinstance(item, RestrictionsEvent):
+            book.set_restrictions(item.restrictions)
+            continue
         if isinstance(item, SplitEvent):
             result.splits += 1
             expected.update((a.fill.fill_id, a) for a in book.set_split(item.split))
