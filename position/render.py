@@ -114,6 +114,10 @@ def select_accounts(
     return by_deviation[:max_rows], len(accounts) - max_rows
 
 
+# Marks an account's restricted tickers in the account table ("acct-03 !AAPL,MSFT").
+RESTRICTED_MARK = "!"
+
+
 def title(report: allocation_pb2.PositionReport) -> str:
     """One line naming the report: number, time, split, fills and journal."""
     generated = report.generate_time.ToDatetime().strftime("%Y-%m-%d %H:%M:%S UTC")
@@ -128,11 +132,15 @@ def title(report: allocation_pb2.PositionReport) -> str:
 def account_table(report: allocation_pb2.PositionReport, options: RenderOptions) -> Table:
     """One row per shown account plus a totals row."""
     rows, left_out = select_accounts(report, options.max_rows)
-    caption = (
-        f"{left_out:,} of {len(report.accounts):,} accounts not shown (largest |deviation| first)"
-        if left_out
-        else None
-    )
+    notes = []
+    if left_out:
+        notes.append(
+            f"{left_out:,} of {len(report.accounts):,} accounts not shown (largest |deviation|"
+            " first)"
+        )
+    if any(account.restricted_tickers for account in rows):
+        notes.append(f"{RESTRICTED_MARK} may not buy the tickers named: restricted list in force")
+    caption = "; ".join(notes) or None
     table = Table(
         caption=caption,
         show_footer=True,
@@ -166,8 +174,11 @@ def account_table(report: allocation_pb2.PositionReport, options: RenderOptions)
                 cells.append(f"{position.quantity:,}" if position else "0")
             else:
                 cells.append(money(position.market_value) if position else money("0"))
+        name = safe(account.account)
+        if account.restricted_tickers:
+            name.append_text(safe(f" {RESTRICTED_MARK}{','.join(account.restricted_tickers)}"))
         table.add_row(
-            safe(account.account),
+            name,
             *cells,
             percent(account.target_percent),
             percent(account.actual_percent),
