@@ -60,6 +60,19 @@ EXIT_JOURNAL_DAMAGED = 3  # the journal is damaged or not a journal: restore it,
 FAILURE_GRACE_SECONDS = 1.0
 
 
+def lot_sizes(text: str) -> dict[str, int]:
+    """argparse type of --lot-size: ``TICKER=N,...`` with N a whole number >= 1."""
+    sizes: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        ticker, _, size = part.partition("=")
+        if not ticker or not size.isdigit() or int(size) < 1:
+            raise argparse.ArgumentTypeError(
+                f"{part!r} is not TICKER=N with N a whole number >= 1 (e.g. AAPL=100)"
+            )
+        sizes[ticker] = int(size)
+    return sizes
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command-line options; every one has a default that runs the demo."""
     parser = argparse.ArgumentParser(
@@ -92,6 +105,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         " tracks its weight). Example: A alone holds 10 MSFT at 100, the split turns 50/50 A/B,"
         " then 10 AAPL at 100 arrive: total-value gives all 10 to B (each then holds 1,000),"
         " per-ticker gives 5 and 5 (each holds half the AAPL)",
+    )
+    parser.add_argument(
+        "--lot-size",
+        type=lot_sizes,
+        default={},
+        metavar="TICKER=N,...",
+        help="round lots: buys of TICKER go in multiples of N to each account, except the"
+        " fill's odd remainder (quantity mod N), which goes whole to the one account where it"
+        " lowers the objective most; exactly optimal among allocations of that shape. E.g."
+        " AAPL=100: 250 AAPL into 50/50 gives 100 and 150 (or 150 and 100), never 125/125."
+        " Sells are not affected. Recorded with every fill it applies to",
     )
     parser.add_argument(
         "--tickers",
@@ -151,6 +175,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.tickers = tuple(t.strip() for t in args.tickers.split(",") if t.strip())
     if not args.tickers:
         parser.error("--tickers must name at least one ticker")
+    outside = sorted(set(args.lot_size) - set(args.tickers))
+    if outside:
+        parser.error(f"--lot-size names {outside}, not in --tickers {list(args.tickers)}")
     return args
 
 
@@ -188,7 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     writer_failed = threading.Event()
     try:
         sequencer = Sequencer(
-            Book(args.tickers, policy=journal.policy),
+            Book(args.tickers, policy=journal.policy, lot_sizes=args.lot_size),
             journal,
             args.checkpoint_interval,
             on_failure=writer_failed.set,

@@ -22,7 +22,7 @@ replaying the same events yields identical allocations.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -39,6 +39,7 @@ from controller.domain import (
     Side,
     Split,
 )
+from controller.lots import allocate_lots
 from controller.policy import TOTAL_VALUE, Measure, measure
 from controller.snapshot import BookSnapshot
 from controller.waterfill import (
@@ -101,6 +102,7 @@ class Book:
         python_candidates: int = PYTHON_CANDIDATES,
         vector_safe: int = VECTOR_SAFE,
         policy: str = TOTAL_VALUE,
+        lot_sizes: Mapping[str, int] | None = None,
     ) -> None:
         """A book over ``tickers`` allocating by ``policy`` (``controller.policy``). Tuning
         only (every path gives identical results):
@@ -109,6 +111,7 @@ class Book:
         finish on the Python path; ``vector_safe`` is the magnitude from which a large book's
         fill takes the Python path (int64 is exact below ``VECTOR_SAFE``)."""
         self._policy = policy
+        self._lot_sizes = dict(lot_sizes or {})
         self._small_book = small_book
         self._python_candidates = python_candidates
         self._vector_safe_limit = vector_safe
@@ -353,6 +356,28 @@ class Book:
         )
         buyers, buyer_weights, _ = self._buyers_of(fill.ticker)
         eligible = buyers if buy else np.flatnonzero(holdings)
+        lot = self._lot_sizes.get(fill.ticker, 1) if buy else 1
+        if lot > 1:
+            # Lots run on exact Python integers whatever the book's size (see controller.lots).
+            scores = slot_scores(
+                buyer_weights,
+                measured.values[eligible].tolist(),
+                measured.total_after,
+                self._weight_total,
+                buy,
+            )
+            picked = np.array(
+                allocate_lots(
+                    scores,
+                    self._weight_total * measured.unit,
+                    lot,
+                    fill.quantity,
+                    self._tie_keys(fill, eligible),
+                ),
+                dtype=np.int64,
+            )
+            taken = np.flatnonzero(picked)
+            return self._apply(fill, eligible[taken], picked[taken], new_total, lot)
         if len(eligible) <= self._small_book or not self._vector_safe(fill, measured):
             weights = buyer_weights if buy else self._weight[eligible].tolist()
             caps = [fill.quantity] * len(eligible) if buy else holdings[eligible].tolist()
@@ -368,6 +393,22 @@ class Book:
             receivers, quantities = self._shares_vector(fill, measured, buy)
         return self._apply(fill, receivers, quantities, new_total)
 
+    def set_lot_sizes(self, lot_sizes: Mapping[str, int]) -> None:
+        """Round lots for later buys: ticker -> lot size (absent or 1: whole shares)."""
+        self._lot_sizes = dict(lot_sizes)
+
+    def _tie_keys(self, fill: Fill, indices: npt.NDArray[np.intp]) -> Callable[[int], int]:
+        """The documented tie key of ``indices[j]`` for this fill, computed on demand."""
+        account_hash = self._account_hash
+        fill_hash: list[int] = []
+
+        def key_of(j: int) -> int:
+            if not fill_hash:
+                fill_hash.append(stable_hash64(fill.fill_id))
+            return mix64(int(account_hash[indices[j]]) ^ fill_hash[0])
+
+        return key_of
+
     def _shares_python(
         self,
         fill: Fill,
@@ -377,17 +418,15 @@ class Book:
         unit: int,
     ) -> tuple[npt.NDArray[np.intp], Int64Array]:
         """Exact Python-integer path over a few accounts (their exact scaled scores given)."""
-        account_hash = self._account_hash
-        fill_hash: list[int] = []
-
-        def key_of(j: int) -> int:
-            # Hashing is needed only for exact ties at the remainder cut: do it on demand.
-            if not fill_hash:
-                fill_hash.append(stable_hash64(fill.fill_id))
-            return mix64(int(account_hash[indices[j]]) ^ fill_hash[0])
-
+        # Keys are hashed only for exact ties at the remainder cut: on demand.
         picked = np.array(
-            allocate_small(scores, caps, self._weight_total * unit, fill.quantity, key_of),
+            allocate_small(
+                scores,
+                caps,
+                self._weight_total * unit,
+                fill.quantity,
+                self._tie_keys(fill, indices),
+            ),
             dtype=np.int64,
         )
         taken = np.flatnonzero(picked)
@@ -449,6 +488,7 @@ class Book:
         receivers: npt.NDArray[np.intp],
         quantities: Int64Array,
         new_total: int,
+        lot_size: int = 1,
     ) -> Allocation:
         signed = quantities if fill.side is Side.BUY else -quantities
         self._value[receivers] += signed * fill.price
@@ -466,6 +506,7 @@ class Book:
             split_id=self._split.split_id,
             accounts=tuple(self._name_array[receivers].tolist()),
             quantities=tuple(quantities.tolist()),
+            lot_size=lot_size,
         )
 
     def take_changed(self) -> list[tuple[str, list[str]]]:

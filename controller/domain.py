@@ -74,6 +74,8 @@ class Allocation:
     split_id: str
     accounts: tuple[str, ...] = ()
     quantities: tuple[int, ...] = ()
+    lot_size: int = 1
+    """The round lot a buy was allocated in (1: whole shares, no lot)."""
 
     @property
     def shares(self) -> tuple[tuple[str, int], ...]:

@@ -41,7 +41,8 @@ WAL_CHECKPOINT_SECONDS = 1.0
 # Version 2 added the journal's identity (the meta table) and per-row checkpoint sequences
 # (positions.as_of); version 3 the time each fill and split was journaled (recorded_ns), which
 # the audit tool's time ranges use. Older journals are upgraded in place (their earlier rows
-# have no recorded time); version 4 the restricted lists (restrictions).
+# have no recorded time); version 4 the restricted lists (restrictions) and the round lot
+# each buy was allocated in (fills.lot_size).
 SCHEMA_VERSION = 4
 
 
@@ -117,7 +118,8 @@ CREATE TABLE IF NOT EXISTS fills (
     accounts TEXT,
     quantities TEXT,
     allocated_sequence INTEGER,
-    recorded_ns INTEGER
+    recorded_ns INTEGER,
+    lot_size INTEGER
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS fills_pending ON fills (sequence) WHERE split_id IS NULL;
 CREATE INDEX IF NOT EXISTS fills_allocated ON fills (allocated_sequence);
@@ -153,6 +155,7 @@ INSERT OR IGNORE INTO meta (name, value) VALUES ('journal_id', '{journal_id}');
 """
 # Version 1 checkpointed every row at once, as of checkpoint_sequence.
 _UPGRADE_FROM_3 = """
+ALTER TABLE fills ADD COLUMN lot_size INTEGER;
 CREATE TABLE IF NOT EXISTS restrictions (
     sequence INTEGER PRIMARY KEY,
     restrictions_id TEXT NOT NULL UNIQUE,
@@ -181,7 +184,7 @@ _SCRIPTS = {0: _SCHEMA, 1: _UPGRADE_FROM_1, 2: _UPGRADE_FROM_2, 3: _UPGRADE_FROM
 # names cannot contain commas: see controller.validation.ACCOUNT).
 _FILL_COLUMNS = (
     "fill_id, sequence, ticker, price, quantity, sell, execute_time_ns, split_id, accounts,"
-    " quantities, allocated_sequence"
+    " quantities, allocated_sequence, lot_size"
 )
 
 
@@ -445,18 +448,19 @@ class Journal:
         try:
             db.executemany(
                 f"INSERT INTO fills ({_FILL_COLUMNS}, recorded_ns)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 [(*_fill_row(stored), batch.recorded_ns) for stored in batch.new_fills],
             )
             db.executemany(
-                "UPDATE fills SET split_id=?, accounts=?, quantities=?, allocated_sequence=?"
-                " WHERE fill_id=?",
+                "UPDATE fills SET split_id=?, accounts=?, quantities=?, allocated_sequence=?,"
+                " lot_size=? WHERE fill_id=?",
                 [
                     (
                         a.split_id,
                         ",".join(a.accounts),
                         _join_ints(a.quantities),
                         sequence,
+                        _lot_column(a),
                         a.fill.fill_id,
                     )
                     for sequence, a in batch.released
@@ -518,15 +522,15 @@ class Journal:
 
     def _fills(self, query: str, parameters: tuple[str, ...]) -> Iterator[StoredFill]:
         for row in self._db.execute(query, parameters):
-            fill_id, sequence, ticker, price, quantity, sell, time_ns, split_id, accounts, qs, _ = (
-                row
-            )
+            (fill_id, sequence, ticker, price, quantity, sell, time_ns, split_id, accounts, qs, _,
+             lot) = row  # fmt: skip
             fill = Fill(fill_id, ticker, price, quantity, Side.SELL if sell else Side.BUY, time_ns)
             allocation = Allocation(
                 fill=fill,
                 split_id=split_id or "",
                 accounts=tuple(accounts.split(",")) if accounts else (),
                 quantities=_split_ints(qs) if qs else (),
+                lot_size=lot or 1,
             )
             yield StoredFill(sequence, allocation)
 
@@ -547,7 +551,13 @@ def _fill_row(stored: StoredFill) -> tuple[object, ...]:
         None if pending else ",".join(allocation.accounts),
         None if pending else _join_ints(allocation.quantities),
         None if pending else stored.sequence,
+        None if pending else _lot_column(allocation),
     )
+
+
+def _lot_column(allocation: Allocation) -> int | None:
+    """The lot a buy was allocated in; NULL for whole shares."""
+    return allocation.lot_size if allocation.lot_size > 1 else None
 
 
 def _join_ints(values: tuple[int, ...]) -> str:

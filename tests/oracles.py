@@ -101,3 +101,21 @@ def _compositions(total: int, caps: list[int]) -> Iterator[list[int]]:
     for first in range(min(total, caps[0]) + 1):
         for rest in _compositions(total - first, caps[1:]):
             yield [first, *rest]
+
+
+def brute_force_lot_minimum(problem: Problem, lot: int) -> Fraction:
+    """The least objective over every allocation of the round-lot shape: multiples of ``lot``
+    for each account, plus the odd lot (quantity mod lot) to one account that may buy."""
+    lots, odd = divmod(problem.quantity, lot)
+    caps = problem.caps()
+    eligible = [i for i, cap in enumerate(caps) if cap > 0]
+    costs = []
+    for counts in _compositions(lots, [lots if cap else 0 for cap in caps]):
+        base = [lot * k for k in counts]
+        for j in eligible if odd else [None]:
+            shares = list(base)
+            if j is not None:
+                shares[j] += odd
+            costs.append(problem.cost(shares))
+    assert costs, "no feasible allocation"
+    return min(costs)

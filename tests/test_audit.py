@@ -365,3 +365,22 @@ def test_verify_covers_restricted_lists(tmp_path: Path) -> None:
         if m.subject == victim.fill.fill_id
     ]
     assert any("restricted" in problem for problem in problems), problems
+
+
+def test_verify_covers_round_lots_recorded_with_each_fill(tmp_path: Path) -> None:
+    """Lots for the first half, none after the restart: each fill is re-derived in the lot the
+    journal says was in force."""
+    path = tmp_path / "lots.db"
+    simulate(
+        path, 3_000, seed=4, split_every=700, restart_at=1_500, restrict=True,
+        lot_sizes={"AAPL": 100, "MSFT": 10},
+    )  # fmt: skip
+    history = SqliteHistory(path)
+    fills = [e for e in history.events() if isinstance(e, FillEvent)]
+    lots = {e.journaled.lot_size for e in fills}
+    assert lots == {1, 10, 100}
+    for event in fills:
+        if event.journaled.lot_size > 1 and event.journaled.accounts:
+            odd = [q for q in event.journaled.quantities if q % event.journaled.lot_size]
+            assert len(odd) == (1 if event.fill.quantity % event.journaled.lot_size else 0)
+    assert verify(history).mismatches == []

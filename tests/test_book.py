@@ -23,7 +23,7 @@ from controller.domain import (
     Split,
 )
 from controller.policy import PER_TICKER, POLICIES, TOTAL_VALUE
-from tests.oracles import Problem, brute_force_minimum, unit_greedy
+from tests.oracles import Problem, brute_force_lot_minimum, brute_force_minimum, unit_greedy
 from tests.strategies import TICKERS, events
 
 # Every path of the book, as (small_book, python_candidates, vector_safe): exact Python integers
@@ -185,6 +185,33 @@ def test_restricted_accounts_get_no_buys_and_the_others_share_optimally(
         assert shares == unit_greedy(problem)
         if problem.buy:
             assert not any(x for x, no in zip(shares, problem.restricted, strict=True) if no)
+
+
+LOTS = {"AAPL": 3, "MSFT": 5}
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+@settings(max_examples=150, deadline=None)
+@given(sequence=events(max_events=12, max_quantity=14, restricted=True))
+def test_round_lots_reach_the_minimum_of_their_shape(policy: str, sequence: list[Event]) -> None:
+    """Buys of AAPL (lots of 3) and MSFT (5) in multiples of the lot but for one odd lot, with
+    the least objective among all allocations of that shape (brute force, exact fractions);
+    TSLA and sells are unaffected."""
+    book = Book(TICKERS, policy=policy, lot_sizes=LOTS)
+    for event, problem in fills_after_a_split(book, sequence, policy):
+        try:
+            allocation = book.submit(event)
+        except Rejected:
+            continue
+        shares = shares_of(allocation, problem.accounts)
+        lot = LOTS.get(event.ticker, 1) if problem.buy else 1
+        assert allocation.lot_size == lot
+        if lot == 1:
+            assert shares == unit_greedy(problem)
+            continue
+        odd = [x % lot for x in shares if x % lot]
+        assert odd == ([event.quantity % lot] if event.quantity % lot else [])
+        assert problem.cost(shares) == brute_force_lot_minimum(problem, lot)
 
 
 def test_a_first_split_that_would_strand_a_pending_buy_is_refused() -> None:

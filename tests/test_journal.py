@@ -124,12 +124,13 @@ def test_a_version_1_journal_is_upgraded_and_recovers_the_same_book(tmp_path: Pa
     writer.stop()
     written.close()
     # What version 1 wrote: no journal identity, positions all as of checkpoint_sequence,
-    # no recorded times.
+    # no recorded times, no restricted lists or lots.
     with sqlite3.connect(db) as raw:
         raw.executescript(
             "ALTER TABLE positions DROP COLUMN as_of; DROP TABLE meta;"
             " ALTER TABLE fills DROP COLUMN recorded_ns;"
             " ALTER TABLE splits DROP COLUMN recorded_ns;"
+            " ALTER TABLE fills DROP COLUMN lot_size; DROP TABLE restrictions;"
             " PRAGMA user_version=1;"
         )
     upgraded = Journal(db, synchronous="NORMAL")

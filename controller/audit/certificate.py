@@ -63,7 +63,15 @@ def check(ledger: Ledger, allocation: Allocation, policy: str = TOTAL_VALUE) -> 
         problems.append(f"allocated under split {allocation.split_id!r}, not {split.split_id!r}")
     scale = split.total
     values, before, unit = ledger.measure(policy, fill.ticker, fill.price)
-    step = scale * unit
+    lot = allocation.lot_size
+    if lot > 1:
+        odd = sorted(a for a, quantity in shares.items() if quantity % lot)
+        expected_odd = 1 if fill.quantity % lot else 0
+        if len(odd) != expected_odd or any(shares[a] % lot != fill.quantity % lot for a in odd):
+            problems.append(f"not in lots of {lot} with one odd lot: odd holdings {odd}")
+    # In lots, the moves that must not improve are of one whole lot (the odd lot's place is
+    # checked by re-running the rule).
+    step = scale * unit * lot
     percents = split.percents
     if fill.side is Side.BUY:
         after = before + unit * fill.quantity
@@ -77,7 +85,7 @@ def check(ledger: Ledger, allocation: Allocation, policy: str = TOTAL_VALUE) -> 
             for account, percent in percents.items()
             if percent > 0 and account not in barred
         }
-        givers = _two(((e[a], a) for a in shares if a in e), largest=True)
+        givers = _two(((e[a], a) for a in shares if a in e and shares[a] >= lot), largest=True)
         takers = _two(((value, a) for a, value in e.items()), largest=False)
     else:
         after = before - unit * fill.quantity

@@ -267,6 +267,7 @@ def _fill_table(explanation: Explanation, plain: bool) -> Table:
         ),
         ("split in force", explanation.split_id or "none"),
         ("policy", explanation.policy),
+        ("round lot", f"{explanation.lot_size}" if explanation.lot_size > 1 else "none"),
         (f"restricted from {explanation.ticker}", ", ".join(explanation.restricted) or "none"),
         ("book total before", format_micro(explanation.total_before)),
     ):

@@ -54,6 +54,8 @@ class Explanation:
     policy: str
     """total-value: the amounts are cost values; per-ticker: holdings of the ticker, in
     (micro-)shares."""
+    lot_size: int
+    """The round lot of the buy (1: whole shares)."""
     restricted: tuple[str, ...]
     """Accounts barred from buying the ticker when the fill was allocated (left out of a
     buy's table: they could receive nothing)."""
@@ -84,6 +86,7 @@ def explain(history: JournalHistory, fill_id: str) -> Explanation:
             split_id="" if split is None else split.split_id,
             split_total=0 if split is None else split.total,
             policy=history.policy,
+            lot_size=event.journaled.lot_size,
             restricted=()
             if ledger is None
             else tuple(sorted(ledger.restrictions.restricted(fill.ticker))),
@@ -131,7 +134,8 @@ def _lines(ledger: Ledger, split: Split, allocation: Allocation, policy: str) ->
     first = {
         a: sign * (split.percents.get(a, 0) * after - scale * values.get(a, 0)) for a in accounts
     }
-    ranks = _tie_ranks(first, shares, caps, step, fill.fill_id)
+    # In round lots the slots are lots and the odd lot: the share tie-break does not apply.
+    ranks = _tie_ranks(first, shares, caps, step, fill.fill_id) if allocation.lot_size == 1 else {}
     # Shown in micro-units: per-ticker measures (shares) are scaled up so that the fractional
     # targets show too.
     micro = 1 if policy == TOTAL_VALUE else MICRO

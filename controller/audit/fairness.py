@@ -179,6 +179,13 @@ def add(
         return
     result.buys += 1
     assert ledger.split is not None
+    if allocation.lot_size > 1:
+        # Round lots have their own remainder (the odd lot): not part of the share test.
+        for account, quantity in shares.items():
+            figures = result.account(account)
+            figures.bought += quantity
+            figures.bought_value += quantity * fill.price
+        return
     floors = continuous_floors(ledger, ledger.split, allocation, policy)
     for account, (due, fraction) in floors.items():
         figures = result.account(account)

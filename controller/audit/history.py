@@ -114,13 +114,13 @@ class JournalHistory(Protocol):
 
 _FILL_COLUMNS = (
     "sequence, fill_id, ticker, price, quantity, sell, execute_time_ns, split_id, accounts,"
-    " quantities, allocated_sequence, recorded_ns"
+    " quantities, allocated_sequence, recorded_ns, lot_size"
 )
 
 
 def _fill_event(row: tuple[object, ...]) -> FillEvent:
     (sequence, fill_id, ticker, price, quantity, sell, time_ns, split_id, accounts, qs, allocated,
-     recorded) = row  # fmt: skip
+     recorded, lot) = row  # fmt: skip
     fill = Fill(
         str(fill_id),
         str(ticker),
@@ -134,6 +134,7 @@ def _fill_event(row: tuple[object, ...]) -> FillEvent:
         split_id=str(split_id or ""),
         accounts=tuple(str(accounts).split(",")) if accounts else (),
         quantities=tuple(map(int, str(qs).split(","))) if qs else (),
+        lot_size=int(lot) if lot else 1,  # type: ignore[call-overload]
     )
     return FillEvent(
         int(sequence),  # type: ignore[call-overload]

@@ -9,7 +9,7 @@ the middle (``restart_at``), as a crash and restart would leave the journal.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from controller.book import Book
@@ -36,15 +36,20 @@ def simulate(
     tickers: Sequence[str] = DEFAULT_TICKERS,
     policy: str = TOTAL_VALUE,
     restrict: bool = False,
+    lot_sizes: Mapping[str, int] | None = None,
 ) -> None:
     """Write a journal of ``fills`` fills at ``path``: ``pending_first`` of them before the
     first split, a new random split over ``accounts`` accounts every ``split_every`` fills, and a
     stop and recovery after ``restart_at`` fills. With ``restrict``, each split comes with a
-    new restricted list barring a few accounts from a few tickers."""
+    new restricted list barring a few accounts from a few tickers; ``lot_sizes`` are round lots
+    (the second half of the run, after the restart, uses none, as a changed configuration
+    would)."""
     rng = random.Random(seed)
     generator = FillGenerator(seed, "sim", tuple(tickers), 0.2)
     journal = Journal(path, synchronous="OFF", policy=policy)
-    sequencer = Sequencer(Book(tickers, policy=policy), journal, checkpoint_interval=0.5)
+    sequencer = Sequencer(
+        Book(tickers, policy=policy, lot_sizes=lot_sizes), journal, checkpoint_interval=0.5
+    )
     sequencer.start()
     done = splits = 0
     next_split = pending_first

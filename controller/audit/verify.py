@@ -17,7 +17,7 @@ from controller.audit.certificate import check
 from controller.audit.history import FillEvent, JournalHistory, RestrictionsEvent, SplitEvent
 from controller.audit.ledger import Ledger, Step, replay
 from controller.book import Book
-from controller.domain import Allocation, Rejected
+from controller.domain import Allocation, Rejected, Side
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +82,8 @@ def verify(
     # The engine's answers not yet compared, by fill id: an allocation is compared when the
     # journal's step for that fill comes.
     expected: dict[str, Allocation | Rejected] = {}
+    # The round lot of each ticker as the journal says it was in force.
+    lots: dict[str, int] = {}
     last = 0
 
     def reconcile(before: int) -> None:
@@ -121,9 +123,19 @@ def verify(
             continue
         if isinstance(item, SplitEvent):
             result.splits += 1
+            # Fills that waited are allocated now, in the lots in force now (journaled with them).
+            lots.update(
+                (w.fill.ticker, w.journaled.lot_size)
+                for w in ledger.pending
+                if w.fill.side is Side.BUY
+            )
+            book.set_lot_sizes(lots)
             expected.update((a.fill.fill_id, a) for a in book.set_split(item.split))
             continue
         result.fills += 1
+        if item.fill.side is Side.BUY and item.allocated_sequence == item.sequence:
+            lots[item.fill.ticker] = item.journaled.lot_size
+            book.set_lot_sizes(lots)
         try:
             answer: Allocation | Rejected = book.submit(item.fill)
         except Rejected as rejected:
