@@ -1,7 +1,9 @@
 """Allocation engine benchmark: time per fill by book size, and allocation quality.
 
-Quality is measured on one seeded stream of buys: after every fill, the largest deviation of an
-account's cost value from its target, |V_i - w_i T| / T in basis points, averaged over the stream.
+Quality is measured on seeded streams of buys, under each policy and for the history-free
+baseline: after every fill, the worst account's deviation of its whole book from its weight and
+the worst deviation of one account's holding of one ticker, in basis points, averaged over the
+stream.
 """
 
 from __future__ import annotations
@@ -75,51 +77,103 @@ def time_per_fill(accounts: int, quantity: int, fills: int, rounds: int = 3) -> 
     )
 
 
+SCENARIOS = ("static", "drifting", "random")
+
+
 @dataclass(frozen=True)
 class QualityRow:
-    """Mean over the stream of the worst account's deviation, in basis points of T."""
+    """Means over one stream of the worst account's deviation, in basis points, for the engine
+    under one policy and for the history-free baseline on the same stream.
+
+    ``*_total_bps``: max_i |V_i - w_i T| / T (each account's whole book against its weight);
+    ``*_ticker_bps``: max over tickers t and accounts i of |q_it - w_i Q_t| / Q_t (each account's
+    holding of every ticker against its weight).
+    """
 
     scenario: str
-    engine_bps: float
-    baseline_bps: float
+    policy: str
+    engine_total_bps: float
+    engine_ticker_bps: float
+    baseline_total_bps: float
+    baseline_ticker_bps: float
 
 
-def quality(scenario: str, accounts: int = 20, fills: int = 3000, seed: int = 7) -> QualityRow:
-    """Run one seeded buy stream through the engine and the baseline; compare deviations.
+class _Deviations:
+    """Running holdings of one allocator, and the two worst deviations after each fill."""
+
+    def __init__(self, accounts: int) -> None:
+        self.values = [0] * accounts
+        self.holdings = {t: [0] * accounts for t in TICKERS}
+        self.ticker_worst = dict.fromkeys(TICKERS, 0.0)
+        self.total_series: list[float] = []
+        self.ticker_series: list[float] = []
+        self.split_seen: list[int] | None = None
+
+    def add(self, shares: list[int], fill: Fill, percents: list[int]) -> None:
+        """Apply one fill's shares; record both worst deviations under the split in force."""
+        held = self.holdings[fill.ticker]
+        for i, x in enumerate(shares):
+            self.values[i] += x * fill.price
+            held[i] += x
+        self.total_series.append(_worst_bps(self.values, percents))
+        # Only the filled ticker's holdings changed, unless the split did: then recompute all.
+        for ticker, holding in self.holdings.items():
+            if ticker == fill.ticker or percents is not self.split_seen:
+                self.ticker_worst[ticker] = _worst_bps(holding, percents)
+        self.split_seen = percents
+        self.ticker_series.append(max(self.ticker_worst.values()))
+
+
+def _worst_bps(amounts: list[int], percents: list[int]) -> float:
+    """max_i |a_i - w_i A| / A in basis points; exact integers, the ratio is a statistic."""
+    total = sum(amounts)
+    if not total:
+        return 0.0
+    deviation = max(abs(a * HUNDRED - p * total) for a, p in zip(amounts, percents, strict=True))
+    return deviation / HUNDRED / total * 1e4
+
+
+def quality(
+    scenario: str, policy: str, accounts: int = 20, fills: int = 3000, seed: int = 7
+) -> QualityRow:
+    """Run one seeded buy stream through the engine under ``policy`` and through the baseline.
 
     ``static`` keeps one split; ``drifting`` moves every weight by a small random step every
-    50 fills (a new split each time), as AUM drifts with flows.
+    50 fills (a new split each time), as AUM drifts with flows; ``random`` replaces the split by
+    an unrelated random one every 200 fills (subscriptions and redemptions). The stream (tickers,
+    prices, quantities, splits) depends on the seed alone, so both policies see the same one.
     """
     rng = random.Random(seed)
     names = [f"acct-{i:02d}" for i in range(accounts)]
     percents = random_percents(rng, accounts)
     prices = {t: rng.randint(20_000_000, 900_000_000) for t in TICKERS}
-    book = Book(TICKERS)
+    book = Book(TICKERS, policy=policy)
     book.set_split(Split("q0", dict(zip(names, percents, strict=True))))
-    engine_values = np.zeros(accounts, dtype=object)
-    baseline_values = np.zeros(accounts, dtype=object)
-    engine_worst: list[float] = []
-    baseline_worst: list[float] = []
+    engine, baseline = _Deviations(accounts), _Deviations(accounts)
     for n in range(fills):
-        if scenario == "drifting" and n and n % 50 == 0:
+        if n and scenario == "drifting" and n % 50 == 0:
             raw = [max(1, p + rng.randint(-p // 20, p // 20)) for p in percents]
             percents = [w * HUNDRED // sum(raw) for w in raw]
             percents[0] += HUNDRED - sum(percents)
+            book.set_split(Split(f"q{n}", dict(zip(names, percents, strict=True))))
+        if n and scenario == "random" and n % 200 == 0:
+            percents = random_percents(rng, accounts)
             book.set_split(Split(f"q{n}", dict(zip(names, percents, strict=True))))
         ticker = rng.choice(TICKERS)
         prices[ticker] = max(1_000_000, prices[ticker] + rng.randint(-2_000_000, 2_000_000))
         fill = Fill(f"q-f{n}", ticker, prices[ticker], rng.randint(1, 500))
         allocation = dict(book.submit(fill).shares)
-        engine_values += np.array([allocation.get(a, 0) for a in names], dtype=object) * fill.price
-        baseline_values += (
-            largest_remainder(np.array(percents, dtype=np.int64), fill.quantity).astype(object)
-            * fill.price
+        engine.add([allocation.get(a, 0) for a in names], fill, percents)
+        baseline.add(
+            largest_remainder(np.array(percents, dtype=np.int64), fill.quantity).tolist(),
+            fill,
+            percents,
         )
-        for values, worst in ((engine_values, engine_worst), (baseline_values, baseline_worst)):
-            total = int(values.sum())
-            # Exact integer deviations; the ratio is a statistic, not an amount.
-            deviation = max(
-                abs(int(v) * HUNDRED - p * total) for v, p in zip(values, percents, strict=True)
-            )
-            worst.append(deviation / HUNDRED / total * 1e4)
-    return QualityRow(scenario, statistics.fmean(engine_worst), statistics.fmean(baseline_worst))
+    return QualityRow(
+        scenario,
+        policy,
+        statistics.fmean(engine.total_series),
+        statistics.fmean(engine.ticker_series),
+        statistics.fmean(baseline.total_series),
+        statistics.fmean(baseline.ticker_series),
+    )
