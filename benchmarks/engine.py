@@ -25,8 +25,13 @@ HUNDRED = 100_000_000  # micro-percent
 
 def random_percents(rng: random.Random, accounts: int) -> list[int]:
     """Micro-percents of random positive weights summing to exactly 100 %."""
-    raw = [rng.randint(1, 1000) for _ in range(accounts)]
-    percents = [w * HUNDRED // sum(raw) for w in raw]
+    return normalised([rng.randint(1, 1000) for _ in range(accounts)])
+
+
+def normalised(raw: list[int]) -> list[int]:
+    """Micro-percents proportional to positive weights ``raw``, summing to exactly 100 %."""
+    total = sum(raw)
+    percents = [w * HUNDRED // total for w in raw]
     percents[0] += HUNDRED - sum(percents)
     return percents
 
@@ -104,10 +109,8 @@ class _Deviations:
     def __init__(self, accounts: int) -> None:
         self.values = [0] * accounts
         self.holdings = {t: [0] * accounts for t in TICKERS}
-        self.ticker_worst = dict.fromkeys(TICKERS, 0.0)
         self.total_series: list[float] = []
         self.ticker_series: list[float] = []
-        self.split_seen: list[int] | None = None
 
     def add(self, shares: list[int], fill: Fill, percents: list[int]) -> None:
         """Apply one fill's shares; record both worst deviations under the split in force."""
@@ -116,12 +119,9 @@ class _Deviations:
             self.values[i] += x * fill.price
             held[i] += x
         self.total_series.append(_worst_bps(self.values, percents))
-        # Only the filled ticker's holdings changed, unless the split did: then recompute all.
-        for ticker, holding in self.holdings.items():
-            if ticker == fill.ticker or percents is not self.split_seen:
-                self.ticker_worst[ticker] = _worst_bps(holding, percents)
-        self.split_seen = percents
-        self.ticker_series.append(max(self.ticker_worst.values()))
+        self.ticker_series.append(
+            max(_worst_bps(holding, percents) for holding in self.holdings.values())
+        )
 
 
 def _worst_bps(amounts: list[int], percents: list[int]) -> float:
@@ -151,13 +151,13 @@ def quality(
     book.set_split(Split("q0", dict(zip(names, percents, strict=True))))
     engine, baseline = _Deviations(accounts), _Deviations(accounts)
     for n in range(fills):
+        changed: list[int] | None = None
         if n and scenario == "drifting" and n % 50 == 0:
-            raw = [max(1, p + rng.randint(-p // 20, p // 20)) for p in percents]
-            percents = [w * HUNDRED // sum(raw) for w in raw]
-            percents[0] += HUNDRED - sum(percents)
-            book.set_split(Split(f"q{n}", dict(zip(names, percents, strict=True))))
+            changed = normalised([max(1, p + rng.randint(-p // 20, p // 20)) for p in percents])
         if n and scenario == "random" and n % 200 == 0:
-            percents = random_percents(rng, accounts)
+            changed = random_percents(rng, accounts)
+        if changed is not None:
+            percents = changed
             book.set_split(Split(f"q{n}", dict(zip(names, percents, strict=True))))
         ticker = rng.choice(TICKERS)
         prices[ticker] = max(1_000_000, prices[ticker] + rng.randint(-2_000_000, 2_000_000))
