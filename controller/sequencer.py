@@ -22,8 +22,8 @@ from controller.book import Book, ReceiverBound
 from controller.domain import Allocation, Fill, Rejected, RejectReason, Restrictions, Split
 from controller.journal import (
     Counters,
-    Journal,
     JournalBatch,
+    JournalStore,
     StoredFill,
     StoredRestrictions,
     StoredSplit,
@@ -98,7 +98,7 @@ class Sequencer:
     def __init__(
         self,
         book: Book,
-        journal: Journal,
+        journal: JournalStore,
         checkpoint_interval: float = 1.0,
         on_failure: Callable[[], None] | None = None,
         checkpoint_rows: int = CHECKPOINT_ROWS_PER_COMMIT,

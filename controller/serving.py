@@ -100,8 +100,7 @@ def create_server(
     reflection.enable_server_reflection(
         [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )
-    for name in ["", *names]:
-        health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    set_not_serving(health_servicer, names)
     return server, health_servicer, add_port(server, address, tls)
 
 
@@ -151,6 +150,12 @@ def set_serving(health_servicer: health.HealthServicer, service_names: Iterable[
     """Report SERVING for the server and each named service."""
     for name in ["", *service_names]:
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+
+def set_not_serving(health_servicer: health.HealthServicer, service_names: Iterable[str]) -> None:
+    """Report NOT_SERVING for the server and each named service."""
+    for name in ["", *service_names]:
+        health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
 
 
 def stop_on_signals(stop: threading.Event) -> list[int]:

@@ -29,7 +29,11 @@ from allocation.v1 import (
 from controller.authorization import AuthPolicy
 from controller.book import Book
 from controller.devcerts import DEVELOPMENT_IDENTITIES, CertificateAuthority, policy_text
-from controller.journal import Journal
+from controller.journal import JournalStore, JournalTarget
+from controller.journal_postgres import PostgresJournal
+from controller.journal_sqlite import SqliteJournal
+from controller.leadership import LeaderLease
+from controller.policy import TOTAL_VALUE
 from controller.reporter import Reporter
 from controller.sequencer import Sequencer
 from controller.service import ControllerService
@@ -40,6 +44,7 @@ from position.history import ReportHistory
 from position.render import RenderOptions
 from position.service import PositionService
 from tests.fakes import RecordingPositionService
+from tests.postgres import INSTALL_HINT, PostgresServer, server_binaries
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -92,13 +97,75 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return Pki(directory)
 
 
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server for the whole run; skipped (failed under .ci/run, which installs the
+    binaries) where PostgreSQL is not installed."""
+    binaries = server_binaries()
+    if binaries is None:
+        if os.environ.get("REQUIRE_POSTGRES"):
+            pytest.fail(INSTALL_HINT)
+        pytest.skip(INSTALL_HINT)
+    server = PostgresServer(binaries)
+    yield server
+    server.stop()
+
+
+@dataclass
+class JournalBackend:
+    """A fresh journal on one backend: its ``--db`` target, and journals opened on it."""
+
+    name: str
+    target: JournalTarget
+    lease: LeaderLease | None = None
+    _epoch: int | None = None
+
+    def open(self, policy: str = TOTAL_VALUE, lock: bool = True) -> JournalStore:
+        """A journal on the target (SQLite's ``lock`` off: a reader beside the writer; on
+        PostgreSQL every journal opened here writes under the same leadership epoch)."""
+        if isinstance(self.target, Path):
+            return SqliteJournal(self.target, synchronous="NORMAL", lock=lock, policy=policy)
+        if self._epoch is None:
+            self.lease = LeaderLease(self.target, policy, "test", "in-process", 3600.0)
+            self._epoch = self.lease.try_acquire()
+            assert self._epoch is not None
+        return PostgresJournal(self.target, self._epoch, "NORMAL", policy)
+
+    @property
+    def ready(self) -> str:
+        """The log message of a controller process that serves from this journal."""
+        return "listening" if isinstance(self.target, Path) else "leading"
+
+
+BACKENDS = ["sqlite", "postgresql"]
+both_backends = pytest.mark.parametrize("journal_backend", BACKENDS, indirect=True)
+"""Runs a test on SQLite and on PostgreSQL (the test takes the ``journal_backend`` fixture)."""
+
+
+@pytest.fixture
+def journal_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[JournalBackend]:
+    """A fresh journal: SQLite in tmp_path unless parametrized (``both_backends``)."""
+    name = getattr(request, "param", "sqlite")
+    if name == "sqlite":
+        yield JournalBackend(name, tmp_path / "journal.db")
+        return
+    server: PostgresServer = request.getfixturevalue("postgres")
+    backend = JournalBackend(name, server.database())
+    yield backend
+    if backend.lease is not None:
+        backend.lease.close()
+
+
 @contextlib.contextmanager
 def serve_controller(
-    directory: Path, tls: TLSConfig = PLAINTEXT, policy: AuthPolicy | None = None
+    directory: Path,
+    tls: TLSConfig = PLAINTEXT,
+    policy: AuthPolicy | None = None,
+    backend: JournalBackend | None = None,
 ) -> Iterator[tuple[grpc.Server, int, Sequencer]]:
-    """A serving controller on a free port with a fresh journal in ``directory``; its server,
-    port and sequencer."""
-    journal = Journal(directory / "journal.db", synchronous="NORMAL")
+    """A serving controller on a free port with a fresh journal (``backend``'s, or SQLite in
+    ``directory``); its server, port and sequencer."""
+    journal = (backend or JournalBackend("sqlite", directory / "journal.db")).open()
     sequencer = Sequencer(Book(DEFAULT_TICKERS), journal)
     names = ["allocation.v1.ControllerService"]
     server, health, port = create_server("127.0.0.1:0", names, tls=tls, policy=policy)
@@ -117,9 +184,9 @@ def serve_controller(
 
 
 @pytest.fixture
-def controller(tmp_path: Path) -> Iterator[RunningController]:
-    """A controller on a free port with a fresh journal in tmp_path."""
-    with serve_controller(tmp_path) as (_server, port, sequencer):
+def controller(tmp_path: Path, journal_backend: JournalBackend) -> Iterator[RunningController]:
+    """A controller on a free port with a fresh journal (SQLite unless parametrized)."""
+    with serve_controller(tmp_path, backend=journal_backend) as (_server, port, sequencer):
         channel = open_channel(f"127.0.0.1:{port}")
         try:
             yield RunningController(

@@ -26,7 +26,8 @@ from controller.audit.simulation import simulate
 from controller.audit.verify import verify
 from controller.book import Book
 from controller.domain import Allocation, Fill, Side, Split
-from controller.journal import Counters, Journal, JournalBatch, StoredFill, StoredSplit
+from controller.journal import Counters, JournalBatch, StoredFill, StoredSplit
+from controller.journal_sqlite import SqliteJournal
 from controller.money import MICRO
 from controller.policy import PER_TICKER
 from tests.conftest import ROOT, FakePositionServer, RunningController, fill, split_request
@@ -148,7 +149,7 @@ def test_a_missing_journal_is_a_clear_error(tmp_path: Path) -> None:
 
 def write_journal(path: Path, split: Split, fills: list[Allocation]) -> None:
     """A journal holding exactly ``split`` and these allocations (sequences 1, 2, ...)."""
-    journal = Journal(path, synchronous="OFF")
+    journal = SqliteJournal(path, synchronous="OFF")
     batch = JournalBatch(splits=[StoredSplit(1, split)], recorded_ns=1)
     batch.new_fills = [StoredFill(n, allocation) for n, allocation in enumerate(fills, start=2)]
     journal.write(batch, Counters(next_sequence=len(fills) + 2, fill_count=len(fills)))

@@ -25,6 +25,7 @@ from controller.service import STREAM_PIPELINE_DEPTH
 from tests.conftest import (
     FakePositionServer,
     RunningController,
+    both_backends,
     current_positions,
     fill,
     split_request,
@@ -112,6 +113,7 @@ def test_bad_fill_in_a_stream_is_rejected_in_band_and_the_stream_continues(
     assert current_positions(controller.stub).fill_count == before.fill_count + 3
 
 
+@both_backends
 def test_concurrent_fill_streams_and_split_stream_share_one_order(
     controller: RunningController,
 ) -> None:
@@ -162,6 +164,7 @@ def test_concurrent_fill_streams_and_split_stream_share_one_order(
     assert {t.ticker: t.quantity for t in report.tickers} == {"MSFT": sent}
 
 
+@both_backends
 def test_resent_fill_returns_original_allocation_and_changes_nothing(
     controller: RunningController,
 ) -> None:
@@ -177,6 +180,7 @@ def test_resent_fill_returns_original_allocation_and_changes_nothing(
     assert in_stream.duplicate == first.allocation
 
 
+@both_backends
 def test_fills_before_the_first_split_are_pending_then_allocated(
     controller: RunningController,
 ) -> None:
@@ -359,6 +363,7 @@ def test_bad_split_fails_invalid_argument_and_keeps_previous_split(
     assert current_positions(controller.stub).split_id == "good"
 
 
+@both_backends
 def test_split_id_reused_with_other_percentages_is_already_exists(
     controller: RunningController,
 ) -> None:

@@ -28,7 +28,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from allocation.v1 import allocation_pb2, controller_service_pb2, controller_service_pb2_grpc
 from controller.book import Book
 from controller.domain import Fill, Split
-from controller.journal import Journal, StoredFill
+from controller.journal import StoredFill
+from controller.journal_sqlite import SqliteJournal
 from controller.sequencer import Sequencer, SequencerStopped
 from controller.service import DEFAULT_MAX_STREAMS
 from controller.transport import open_channel
@@ -234,7 +235,7 @@ def test_huge_and_non_ascii_values_are_refused_with_a_short_message(
 def test_a_journal_read_fault_fails_every_queued_request_at_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    journal = Journal(tmp_path / "journal.db", synchronous="NORMAL")
+    journal = SqliteJournal(tmp_path / "journal.db", synchronous="NORMAL")
     failed = threading.Event()
     sequencer = Sequencer(Book(TICKERS), journal, on_failure=failed.set)
     sequencer.start()
@@ -446,8 +447,11 @@ def test_a_file_that_is_not_a_sound_journal_is_refused_with_exit_3(
         (["--port=70000"], "--port"),
         (["--max-streams=0"], "--max-streams"),
         (["--checkpoint-interval=nan"], "--checkpoint-interval"),
-        (["--db=postgresql://user@host/db"], "--db"),
+        (["--db=mysql://user@host/db"], "--db"),
         (["--db=/tmp"], "--db"),
+        (["--db=postgresql://user@127.0.0.1:9"], "--db"),
+        (["--port=0", "--db=postgresql://user@127.0.0.1:9/journal"], "--db"),
+        (["--lease=0"], "--lease"),
         (["--log-level=LOUD"], "--log-level"),
     ],
 )

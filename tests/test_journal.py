@@ -11,10 +11,14 @@ import pytest
 
 from controller.book import Book
 from controller.domain import Fill, Side, Split
-from controller.journal import Journal, JournalPolicyError, JournalVersionError
-from controller.policy import PER_TICKER
+from controller.journal import JournalDamaged, JournalPolicyError, JournalVersionError
+from controller.journal_postgres import PostgresJournal
+from controller.journal_sqlite import SqliteJournal
+from controller.leadership import LeaderLease
+from controller.policy import PER_TICKER, TOTAL_VALUE
 from controller.sequencer import Sequencer, SequencerStopped
-from tests.conftest import ROOT
+from tests.conftest import ROOT, JournalBackend, both_backends
+from tests.postgres import PostgresServer
 from tests.strategies import TICKERS
 
 
@@ -51,13 +55,13 @@ def apply(sequencer: Sequencer, sequence: list[Fill | Split]) -> None:
         "final-checkpoint-on-stop",
     ],
 )
+@both_backends
 def test_recovered_book_equals_the_book_that_wrote_the_journal(
-    tmp_path: Path, interval: float, rows: int, clean_stop: bool
+    journal_backend: JournalBackend, interval: float, rows: int, clean_stop: bool
 ) -> None:
     """Without a clean stop the journal is what a crash leaves; with 3 rows per commit every
     checkpoint round is still unfinished at most commits, rows newer than the low-water mark."""
-    db = tmp_path / "journal.db"
-    writer_journal = Journal(db, synchronous="NORMAL")
+    writer_journal = journal_backend.open()
     writer = Sequencer(
         Book(TICKERS), writer_journal, checkpoint_interval=interval, checkpoint_rows=rows
     )
@@ -70,7 +74,7 @@ def test_recovered_book_equals_the_book_that_wrote_the_journal(
         assert writer.counters.checkpoint_sequence == writer.counters.next_sequence - 1
     # Without a clean stop this reads what a crash would leave: only committed transactions.
     # Read beside the writer, as a crash would leave the file (the writer still holds the lock).
-    reader = Sequencer(Book(TICKERS), Journal(db, synchronous="NORMAL", lock=False))
+    reader = Sequencer(Book(TICKERS), journal_backend.open(lock=False))
     assert reader.counters.fill_count == expected_counters.fill_count
     assert reader.counters.next_sequence == expected_counters.next_sequence
     reader.start()
@@ -80,10 +84,11 @@ def test_recovered_book_equals_the_book_that_wrote_the_journal(
     writer_journal.close()
 
 
+@both_backends
 def test_a_failed_journal_write_stops_the_writer_and_acknowledges_nothing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    journal_backend: JournalBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    journal = Journal(tmp_path / "journal.db", synchronous="NORMAL")
+    journal = journal_backend.open()
     failures: list[bool] = []
     sequencer = Sequencer(Book(TICKERS), journal, on_failure=lambda: failures.append(True))
     sequencer.start()
@@ -101,22 +106,42 @@ def test_a_failed_journal_write_stops_the_writer_and_acknowledges_nothing(
     monkeypatch.undo()
     sequencer.stop()
     journal.close()
-    recovered = Sequencer(Book(TICKERS), Journal(tmp_path / "journal.db", synchronous="NORMAL"))
+    recovered = Sequencer(Book(TICKERS), journal_backend.open())
     assert recovered.counters.fill_count == 0
 
 
 def test_a_journal_of_another_schema_version_is_refused(tmp_path: Path) -> None:
     db = tmp_path / "journal.db"
-    Journal(db).close()
+    SqliteJournal(db).close()
     with sqlite3.connect(db) as raw:
         raw.execute("PRAGMA user_version=99")
     with pytest.raises(JournalVersionError, match="version 99"):
-        Journal(db)
+        SqliteJournal(db)
+
+
+def test_a_postgresql_journal_of_another_schema_version_is_refused(
+    postgres: PostgresServer,
+) -> None:
+    target = postgres.database()
+    lease = LeaderLease(target, TOTAL_VALUE, "test", "in-process")
+    lease.close()
+    postgres.execute(target, "UPDATE meta SET value = '99' WHERE name = 'schema_version'")
+    with pytest.raises(JournalVersionError, match="version 99"):
+        PostgresJournal(target, epoch=1)
+
+
+def test_a_postgresql_database_holding_other_tables_is_not_taken_for_a_journal(
+    postgres: PostgresServer,
+) -> None:
+    target = postgres.database()
+    postgres.execute(target, "CREATE TABLE orders (id INTEGER)")
+    with pytest.raises(JournalDamaged, match="holds 1 tables but no controller journal"):
+        PostgresJournal(target, epoch=1)
 
 
 def test_a_version_1_journal_is_upgraded_and_recovers_the_same_book(tmp_path: Path) -> None:
     db = tmp_path / "journal.db"
-    written = Journal(db, synchronous="NORMAL")
+    written = SqliteJournal(db, synchronous="NORMAL")
     writer = Sequencer(Book(TICKERS), written, checkpoint_interval=0.0)
     writer.start()
     apply(writer, events())
@@ -133,49 +158,49 @@ def test_a_version_1_journal_is_upgraded_and_recovers_the_same_book(tmp_path: Pa
             " ALTER TABLE fills DROP COLUMN lot_size; DROP TABLE restrictions;"
             " PRAGMA user_version=1;"
         )
-    upgraded = Journal(db, synchronous="NORMAL")
+    upgraded = SqliteJournal(db, synchronous="NORMAL")
     assert upgraded.journal_id
     reader = Sequencer(Book(TICKERS), upgraded)
     reader.start()
     assert reader.snapshot()[0] == expected
     reader.stop()
     upgraded.close()
-    assert Journal(db).journal_id == upgraded.journal_id
+    assert SqliteJournal(db).journal_id == upgraded.journal_id
 
 
+@both_backends
 @pytest.mark.parametrize("rows", [1, 3, 2_000])
 def test_recovery_is_exact_at_every_crash_point_while_checkpoints_are_spread(
-    tmp_path: Path, rows: int
+    journal_backend: JournalBackend, rows: int
 ) -> None:
     """After every event, a journal read as a crash would leave it recovers the writer's book,
     whatever part of a checkpoint round was written (rows newer than the low-water mark)."""
-    db = tmp_path / "journal.db"
     writer = Sequencer(
         Book(TICKERS),
-        Journal(db, synchronous="NORMAL"),
+        journal_backend.open(),
         checkpoint_interval=0.0,
         checkpoint_rows=rows,
     )
     writer.start()
     for event in events():
         apply(writer, [event])
-        reader = Sequencer(Book(TICKERS), Journal(db, synchronous="NORMAL", lock=False))
+        reader = Sequencer(Book(TICKERS), journal_backend.open(lock=False))
         reader.start()
         assert reader.snapshot()[0] == writer.snapshot()[0]
         reader.stop()
     writer.stop()
 
 
-def test_a_journal_keeps_the_policy_it_was_created_with(tmp_path: Path) -> None:
-    db = tmp_path / "journal.db"
-    Journal(db, policy=PER_TICKER).close()
+@both_backends
+def test_a_journal_keeps_the_policy_it_was_created_with(journal_backend: JournalBackend) -> None:
+    journal_backend.open(policy=PER_TICKER).close()
     with pytest.raises(JournalPolicyError, match="created with --policy per-ticker"):
-        Journal(db)
-    reopened = Journal(db, policy=PER_TICKER)
+        journal_backend.open()
+    reopened = journal_backend.open(policy=PER_TICKER)
     assert reopened.policy == PER_TICKER
     reopened.close()
     run = subprocess.run(
-        [sys.executable, "-m", "controller", "--port=0", f"--db={db}"],
+        [sys.executable, "-m", "controller", "--port=0", f"--db={journal_backend.target}"],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -13,7 +13,7 @@ import pytest
 
 from controller.book import Book
 from controller.domain import Split
-from controller.journal import Journal
+from controller.journal_sqlite import SqliteJournal
 from controller.money import MICRO
 from controller.sequencer import Sequencer
 from controller.validation import DEFAULT_TICKERS, parse_fill, parse_split
@@ -106,7 +106,7 @@ def test_readme_python_client_runs_as_written(pki: Pki, tmp_path: Path) -> None:
 
 def test_readme_explain_example_is_what_the_audit_tool_prints(tmp_path: Path) -> None:
     """The README's split and fill journaled by a real sequencer, then explained."""
-    journal = Journal(tmp_path / "journal.db", synchronous="OFF")
+    journal = SqliteJournal(tmp_path / "journal.db", synchronous="OFF")
     sequencer = Sequencer(Book(DEFAULT_TICKERS), journal)
     sequencer.start()
     percents = {"alice": "60", "bob": "25.5", "carol": "14.5"}

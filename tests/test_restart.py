@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import signal
 import urllib.request
-from pathlib import Path
 
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from allocation.v1 import allocation_pb2, controller_service_pb2, controller_service_pb2_grpc
 from benchmarks.system import free_port
 from tests.conftest import (
+    JournalBackend,
     Program,
+    both_backends,
     connect,
     current_positions,
     fill,
@@ -20,19 +21,19 @@ from tests.conftest import (
 )
 
 
-def start_controller(db: Path, programs: list[Program], *options: str) -> Program:
+def start_controller(backend: JournalBackend, programs: list[Program], *options: str) -> Program:
     # No position service: every report attempt still consumes a durable sequence number.
     program = start_program(
         "controller",
         *options,
         "--port=0",
-        f"--db={db}",
+        f"--db={backend.target}",
         "--report-interval=0.05",
         "--position-address=127.0.0.1:9",
         "--report-deadline=0.2",
     )
     programs.append(program)
-    program.wait_listening()
+    program.wait_for(backend.ready)
     return program
 
 
@@ -44,11 +45,11 @@ def snapshot(
     return report
 
 
+@both_backends
 def test_kill_9_and_restart_keeps_every_acknowledged_fill_exactly_once(
-    tmp_path: Path, programs: list[Program]
+    journal_backend: JournalBackend, programs: list[Program]
 ) -> None:
-    db = tmp_path / "controller.db"
-    first = start_controller(db, programs)
+    first = start_controller(journal_backend, programs)
     channel, stub = connect(first.port)
     fills = [
         fill(
@@ -90,7 +91,7 @@ def test_kill_9_and_restart_keeps_every_acknowledged_fill_exactly_once(
     first.process.wait(10)
 
     metrics_port = free_port()
-    second = start_controller(db, programs, f"--metrics-port={metrics_port}")
+    second = start_controller(journal_backend, programs, f"--metrics-port={metrics_port}")
     channel, stub = connect(second.port)
     health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
     assert health.status == health_pb2.HealthCheckResponse.SERVING

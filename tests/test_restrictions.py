@@ -14,7 +14,7 @@ from allocation.v1 import allocation_pb2, controller_service_pb2
 from controller.audit.history import SqliteHistory
 from controller.audit.verify import verify
 from controller.book import Book
-from controller.journal import Journal
+from controller.journal_sqlite import SqliteJournal
 from controller.sequencer import Sequencer
 from controller.validation import DEFAULT_TICKERS
 from position.render import RenderOptions, render_report
@@ -134,7 +134,7 @@ def test_a_change_applies_from_the_next_event_and_replay_reproduces_everything(
     assert result.checked == 6
     expected = controller.sequencer.snapshot()[0]
     controller.sequencer.stop()
-    reopened = Journal(tmp_path / "journal.db", synchronous="NORMAL", lock=False)
+    reopened = SqliteJournal(tmp_path / "journal.db", synchronous="NORMAL", lock=False)
     recovered = Sequencer(Book(DEFAULT_TICKERS), reopened)
     recovered.start()
     assert recovered.snapshot()[0] == expected

@@ -18,7 +18,8 @@ from typing import Protocol
 
 from controller.book import PositionRow
 from controller.domain import Allocation, Fill, Restrictions, Side, Split
-from controller.journal import SCHEMA_VERSION, Counters, restrictions_from_json
+from controller.journal import Counters, restrictions_from_json
+from controller.journal_sqlite import SCHEMA_VERSION
 from controller.policy import TOTAL_VALUE
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from controller.book import Book
 from controller.domain import Fill, Rejected, Restrictions
-from controller.journal import Journal
+from controller.journal_sqlite import SqliteJournal
 from controller.policy import TOTAL_VALUE
 from controller.sequencer import Sequencer
 from controller.validation import DEFAULT_TICKERS, parse_fill, parse_split
@@ -46,7 +46,7 @@ def simulate(
     would)."""
     rng = random.Random(seed)
     generator = FillGenerator(seed, "sim", tuple(tickers), 0.2)
-    journal = Journal(path, synchronous="OFF", policy=policy)
+    journal = SqliteJournal(path, synchronous="OFF", policy=policy)
     sequencer = Sequencer(
         Book(tickers, policy=policy, lot_sizes=lot_sizes), journal, checkpoint_interval=0.5
     )
@@ -71,7 +71,7 @@ def simulate(
             if done == restart_at:
                 sequencer.stop()
                 journal.close()
-                journal = Journal(path, synchronous="OFF", policy=policy)
+                journal = SqliteJournal(path, synchronous="OFF", policy=policy)
                 sequencer = Sequencer(
                     Book(tickers, policy=policy), journal, checkpoint_interval=0.5
                 )
