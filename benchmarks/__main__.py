@@ -10,7 +10,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks import audit, engine, large, system
+from benchmarks import audit, engine, large, replication, system
 from controller.policy import POLICIES
 
 RESULTS = Path(__file__).parent / "results"
@@ -171,7 +171,10 @@ def main() -> None:
     """Run the selected benchmarks, print tables, write benchmarks/results/<name>.json."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument(
-        "which", nargs="?", default="all", choices=["engine", "system", "large", "audit", "all"]
+        "which",
+        nargs="?",
+        default="all",
+        choices=["engine", "system", "large", "audit", "replication", "all"],
     )
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (smoke run)")
     args = parser.parse_args()
@@ -189,6 +192,9 @@ def main() -> None:
     if args.which in ("audit", "all"):
         result = run_audit(console, args.quick)
         (RESULTS / "audit.json").write_text(json.dumps(result, indent=2) + "\n")
+    if args.which in ("replication", "all"):
+        result = replication.run(console, args.quick)
+        (RESULTS / "replication.json").write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -129,8 +129,9 @@ def time_to_serving(server: Server) -> float:
                 return time.perf_counter() - server.started
 
 
-def start_controller(db: Path, accounts: int, link: Link = PLAIN) -> Server:
-    """A controller on a fresh journal with a split over ``accounts`` equal accounts."""
+def start_controller(db: Path | str, accounts: int, link: Link = PLAIN) -> Server:
+    """A controller on a fresh journal (a path, or a PostgreSQL URL) with a split over
+    ``accounts`` equal accounts."""
     server = start("controller", f"--db={db}", "--report-interval=3600", link=link)
     percent = f"{100 / accounts:g}"
     with open_channel(server.address, link.client) as channel:

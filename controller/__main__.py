@@ -444,7 +444,7 @@ def run_shared(
         while not (stop.is_set() or lost.is_set()):
             stop.wait(0.5)
         set_not_serving(health, [CONTROLLER_SERVICE])
-        gate.follow("the lead is changing hands")
+        gate.follow("this controller is stopping" if stop.is_set() else describe_leader(lease))
         if stop.is_set():
             log.info("stopping", extra={"signal": received[0] if received else None})
             term.end(server, args.grace)
@@ -470,23 +470,31 @@ def follow(lease: LeaderLease, gate: LeaderGate, stop: threading.Event) -> int |
             epoch = lease.try_acquire()
             if epoch is not None:
                 return epoch
-            leader = lease.leader()
-            described = (
-                "no controller leads yet"
-                if leader is None
-                else f"the leader is {leader.holder} at {leader.address} (epoch {leader.epoch})"
-                if leader.current
-                else f"the last leader, {leader.holder} at {leader.address}, is not renewing"
-                " its lease; a standby takes over when it ends"
-            )
-        except psycopg.Error as error:
-            described = f"the journal's database is unreachable ({str(error).strip()})"
+        except psycopg.Error:
+            pass  # described below, from the same failure
+        described = describe_leader(lease)
         gate.follow(described)
         if described != following:
             log.info("following", extra={"leader": described})
             following = described
         stop.wait(lease.poll_seconds)
     return None
+
+
+def describe_leader(lease: LeaderLease) -> str:
+    """Who leads, in the words a refused client reads."""
+    try:
+        leader = lease.leader()
+    except psycopg.Error as error:
+        return f"the journal's database is unreachable ({str(error).strip()})"
+    if leader is None:
+        return "no controller leads yet"
+    if leader.current:
+        return f"the leader is {leader.holder} at {leader.address} (epoch {leader.epoch})"
+    return (
+        f"the last leader, {leader.holder} at {leader.address}, is not renewing its lease;"
+        " a standby takes over when it ends"
+    )
 
 
 if __name__ == "__main__":

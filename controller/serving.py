@@ -46,7 +46,14 @@ UNARY_WORKERS = 32
 DEFAULT_WORKERS = 64
 # A second server on the same port must fail, not silently share it (SO_REUSEPORT is on by
 # default in gRPC).
-SERVER_OPTIONS = [("grpc.so_reuseport", 0)]
+SERVER_OPTIONS = [
+    ("grpc.so_reuseport", 0),
+    # Clients ping every second to notice a controller that stopped answering (the simulators'
+    # failover): accept that instead of answering GOAWAY "too many pings".
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 500),
+    ("grpc.http2.max_ping_strikes", 0),
+    ("grpc.keepalive_permit_without_calls", 1),
+]
 
 
 class JsonFormatter(logging.Formatter):

@@ -52,7 +52,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             "unacknowledged fill is kept and resent after a reconnect; repeats are harmless."
         ),
     )
-    fills.add_argument("--controller", default="localhost:9998", help="controller host:port")
+    fills.add_argument(
+        "--controller",
+        default="localhost:9998",
+        help="controller host:port, or several comma-separated (a leader and its standbys on one"
+        " PostgreSQL journal): messages go to whichever serves, unanswered ones are resent there",
+    )
     fills.add_argument(
         "--rate", type=float, default=1.0, help="fills per second per server (0 = as fast as acked)"
     )
@@ -88,7 +93,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             "summing to exactly 100, sent at once and then every --interval seconds."
         ),
     )
-    aum.add_argument("--controller", default="localhost:9998", help="controller host:port")
+    aum.add_argument(
+        "--controller",
+        default="localhost:9998",
+        help="controller host:port, or several comma-separated (a leader and its standbys on one"
+        " PostgreSQL journal): messages go to whichever serves, unanswered ones are resent there",
+    )
     aum.add_argument(
         "--interval", type=positive_seconds, default=30.0, help="seconds between splits"
     )

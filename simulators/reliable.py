@@ -6,6 +6,11 @@ until answered; when the stream breaks, the client reconnects with exponential b
 sends every unanswered request again (the controller recognises repeats by id). Before each
 (re)connection it waits for the controller's health check to say SERVING, so starting before
 the controller, or while it recovers its journal, is quiet and costs no failed stream.
+
+Given several controllers (a leader and standbys on one PostgreSQL journal), it streams to
+whichever says SERVING: when the leader dies or steps down the stream breaks, and the unanswered
+requests go to the controller that takes over. Keepalive pings notice a leader that stopped
+answering (paused, partitioned) within seconds.
 """
 
 from __future__ import annotations
@@ -32,6 +37,17 @@ FIRST_BACKOFF_SECONDS = 0.1
 MAX_BACKOFF_SECONDS = 5.0
 # How long the controller may take to serve before the wait is logged.
 QUIET_WAIT_SECONDS = 5.0
+# A controller that stops answering pings is given up after about two seconds; reconnection
+# attempts stay frequent, so a standby that takes over is found within a poll.
+CHANNEL_OPTIONS = [
+    ("grpc.keepalive_time_ms", 1000),
+    ("grpc.keepalive_timeout_ms", 1000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
 
 if TYPE_CHECKING:
     # grpc's multicallables are generic only in the type stubs.
@@ -49,9 +65,10 @@ class ReliableStream(Generic[Request, Response]):
         name: str,
         tls: TLSConfig = PLAINTEXT,
     ) -> None:
-        """Stream to ``address`` (over ``tls``) with ``method(channel)``; ``name`` labels log
-        lines."""
-        self._address = address
+        """Stream to ``address`` (over ``tls``) with ``method(channel)``: one host:port, or
+        several comma-separated (whichever serves is used); ``name`` labels log lines."""
+        self._addresses = [part.strip() for part in address.split(",") if part.strip()]
+        self._address = self._addresses[0]
         self._tls = tls
         self._method = method
         self._on_ack = on_ack
@@ -109,9 +126,10 @@ class ReliableStream(Generic[Request, Response]):
                 self._cursor = 0
                 generation = self._generation
                 self._changed.notify_all()
-            with open_channel(self._address, self._tls) as channel:
-                if not self._wait_until_serving(channel):
-                    return
+            channel = self._connect_to_serving()
+            if channel is None:
+                return
+            with channel:
                 try:
                     responses = self._method(channel)(self._requests(generation))
                     with self._changed:
@@ -150,36 +168,53 @@ class ReliableStream(Generic[Request, Response]):
                 return
             backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
 
-    def _wait_until_serving(self, channel: grpc.Channel) -> bool:
-        """Block until the controller's health says SERVING (True) or the stream is cancelled."""
-        health = health_pb2_grpc.HealthStub(channel)
+    def _connect_to_serving(self) -> grpc.Channel | None:
+        """A channel to the first controller whose health says SERVING, waiting for one; None
+        if the stream is cancelled first."""
+        channels = {
+            address: open_channel(address, self._tls, CHANNEL_OPTIONS)
+            for address in self._addresses
+        }
         request = health_pb2.HealthCheckRequest(service=CONTROLLER_SERVICE)
         started = time.monotonic()
         logged = False
         last_error = ""
-        while not self._cancelled.is_set():
-            try:
-                answer = health.Check(request, timeout=1.0, wait_for_ready=True)
-                if answer.status == health_pb2.HealthCheckResponse.SERVING:
-                    if logged:
-                        log.info("controller ready", extra={"stream": self._name})
-                    return True
-            except grpc.RpcError as error:
-                # Not reachable yet (wait_for_ready already waited up to the timeout), or
-                # refused at the TLS handshake: the log line below says which.
-                last_error = f"{error.code().name}: {error.details()}"
-            if not logged and time.monotonic() - started > QUIET_WAIT_SECONDS:
-                log.info(
-                    "waiting for the controller to serve",
-                    extra={
-                        "stream": self._name,
-                        "address": self._address,
-                        "last_error": last_error,
-                    },
-                )
-                logged = True
-            self._cancelled.wait(0.1)
-        return False
+        try:
+            while not self._cancelled.is_set():
+                for address, channel in channels.items():
+                    try:
+                        answer = health_pb2_grpc.HealthStub(channel).Check(
+                            request, timeout=1.0, wait_for_ready=len(channels) == 1
+                        )
+                    except grpc.RpcError as error:
+                        # Not reachable (yet), or refused at the TLS handshake: the log line
+                        # below says which.
+                        last_error = f"{address}: {error.code().name}: {error.details()}"
+                        continue
+                    if answer.status == health_pb2.HealthCheckResponse.SERVING:
+                        if logged or address != self._address:
+                            log.info(
+                                "controller ready",
+                                extra={"stream": self._name, "address": address},
+                            )
+                        self._address = address
+                        return channels.pop(address)
+                    last_error = f"{address}: not serving"
+                if not logged and time.monotonic() - started > QUIET_WAIT_SECONDS:
+                    log.info(
+                        "waiting for the controller to serve",
+                        extra={
+                            "stream": self._name,
+                            "address": ",".join(self._addresses),
+                            "last_error": last_error,
+                        },
+                    )
+                    logged = True
+                self._cancelled.wait(0.1)
+            return None
+        finally:
+            for channel in channels.values():
+                channel.close()
 
     def _requests(self, generation: int) -> Iterator[Request]:
         while True:

@@ -26,6 +26,7 @@ from allocation.v1 import (
     controller_service_pb2_grpc,
     position_service_pb2_grpc,
 )
+from benchmarks.postgres import INSTALL_HINT, PostgresServer, server_binaries
 from controller.authorization import AuthPolicy
 from controller.book import Book
 from controller.devcerts import DEVELOPMENT_IDENTITIES, CertificateAuthority, policy_text
@@ -44,7 +45,6 @@ from position.history import ReportHistory
 from position.render import RenderOptions
 from position.service import PositionService
 from tests.fakes import RecordingPositionService
-from tests.postgres import INSTALL_HINT, PostgresServer, server_binaries
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.postgres import PostgresServer
 from controller.book import Book
 from controller.domain import Fill, Side, Split
 from controller.journal import JournalDamaged, JournalPolicyError, JournalVersionError
@@ -18,7 +19,6 @@ from controller.leadership import LeaderLease
 from controller.policy import PER_TICKER, TOTAL_VALUE
 from controller.sequencer import Sequencer, SequencerStopped
 from tests.conftest import ROOT, JournalBackend, both_backends
-from tests.postgres import PostgresServer
 from tests.strategies import TICKERS
 
 

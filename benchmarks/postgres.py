@@ -10,7 +10,6 @@ import itertools
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 
 import psycopg
 
+from benchmarks.system import free_port
 from controller.journal import PostgresTarget
 
 INSTALL_HINT = (
@@ -35,12 +35,6 @@ def server_binaries() -> Path | None:
     return Path(candidates[0]).parent if candidates else None
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 class PostgresServer:
     """A running server; ``database()`` makes a fresh, empty database on it."""
 
@@ -54,7 +48,7 @@ class PostgresServer:
         if self._as_postgres:
             user = pwd.getpwnam("postgres")
             os.chown(directory, user.pw_uid, user.pw_gid)
-        self.port = _free_port()
+        self.port = free_port()
         self._names = itertools.count(1)
         self._run("initdb", "-D", str(self._data), "-A", "trust", "-U", "postgres", "--no-sync")
         settings = [
