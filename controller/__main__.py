@@ -171,7 +171,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="seconds between position reports",
     )
     parser.add_argument(
-        "--position-address", default="localhost:9999", help="PositionService host:port"
+        "--position-address",
+        default="localhost:9999",
+        help="PositionService host:port, or several comma-separated: after a failed report the"
+        " next goes to the next address",
     )
     parser.add_argument(
         "--report-deadline",

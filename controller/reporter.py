@@ -4,9 +4,10 @@ Every interval the reporter asks the writer for a snapshot with a new, durable r
 (copies of the book's arrays: milliseconds at 100,000 accounts). Everything else happens in a
 worker process: deriving every account's row, building the protobuf parts (at most
 ``PART_BYTES`` each, so a report of any size travels under the 4 MiB default message limit) and
-streaming them. A 100,000-account report is seconds of pure-Python work; in a thread it would
-share the GIL with the writer and stall ingestion for hundreds of milliseconds, in its own
-process it runs on another core.
+streaming them. Given several position service addresses, a failed report sends the next one
+to the next address. A 100,000-account report is seconds of pure-Python work; in a thread it
+would share the GIL with the writer and stall ingestion for hundreds of milliseconds, in its
+own process it runs on another core.
 
 While the position service is down or slow the controller keeps allocating: the reporter logs
 once per outage (with the real status), retries at most every half interval, and each retry
@@ -149,9 +150,12 @@ class Reporter:
         deadline: float,
         tls: TLSConfig = PLAINTEXT,
     ) -> None:
-        """Report ``sequencer``'s book to the PositionService at ``address`` over ``tls``."""
+        """Report ``sequencer``'s book to the PositionService at ``address`` over ``tls``: one
+        host:port (or any gRPC target), or several comma-separated, tried in turn from the
+        first: a report that cannot be delivered sends the next one to the next address."""
         self._sequencer = sequencer
-        self._address = address
+        self._addresses = [part.strip() for part in address.split(",") if part.strip()]
+        self._address = self._addresses[0]
         self._tls = tls
         self._interval = interval
         self._deadline = deadline
@@ -236,11 +240,13 @@ class Reporter:
 
     def _failed(self, delivery: Delivery) -> None:
         REPORTS.labels("failure").inc()
+        failed = self._address
+        self._address = self._addresses[(self._addresses.index(failed) + 1) % len(self._addresses)]
         if delivery.code != self._outage:
             log.warning(
                 "report not delivered; allocation continues, retrying",
                 extra={
-                    "address": self._address,
+                    "address": failed,
                     "code": delivery.code,
                     "details": delivery.details,
                 },

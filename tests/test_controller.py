@@ -18,6 +18,7 @@ from grpc_status import rpc_status
 from prometheus_client import REGISTRY
 
 from allocation.v1 import allocation_pb2, controller_service_pb2
+from benchmarks.system import free_port
 from controller.domain import Fill, Rejected
 from controller.reporter import Reporter
 from controller.sequencer import Admission, FillOutcome, SequencerStopped
@@ -439,6 +440,17 @@ def test_reports_reach_the_position_service(
     assert second.sequence == first.sequence + 1
     assert first.fill_count == 1
     assert {a.account for a in first.accounts} == set(SPLIT)
+
+
+def test_reports_go_to_the_next_position_service_address_when_one_fails(
+    controller: RunningController,
+    position_server: FakePositionServer,
+    reporter_factory: ReporterFactory,
+) -> None:
+    position_server.start()
+    reporter_factory(f"127.0.0.1:{free_port()},127.0.0.1:{position_server.port}", 0.05)
+    report = position_server.service.next_report()
+    assert report.journal_id == controller.sequencer.journal_id
 
 
 def test_allocation_continues_without_position_service_and_reports_resume(
