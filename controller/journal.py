@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 from controller.book import PositionRow
@@ -335,6 +335,126 @@ def replay(
         last_prices[ticker] = price
     positions = [PositionRow(a, t, q, v) for (a, t), (q, v) in sorted(totals.items())]
     return positions, last_prices
+
+
+class Execute(Protocol):
+    """A connection's ``execute``: runs one statement and returns a cursor over its rows (both
+    ``sqlite3`` and psycopg connections have one)."""
+
+    def __call__(self, query: str, parameters: tuple[object, ...] = ..., /) -> Any:
+        """The cursor of ``query`` run with ``parameters``."""
+
+
+def recover_journal(execute: Execute, mark: str) -> Recovered:
+    """The state a backend's rows hold (see the module docstring); ``mark`` is the backend's
+    placeholder (``?`` or ``%s``). The caller makes the reads one consistent snapshot."""
+    counters = counters_from_rows(execute("SELECT name, value FROM counters"))
+    checkpoint = {
+        (account, ticker): (quantity, value, as_of)
+        for account, ticker, quantity, value, as_of in execute(
+            "SELECT account, ticker, quantity, value, as_of FROM positions"
+        )
+    }
+    split = execute(f"SELECT {SPLIT_COLUMNS} FROM splits ORDER BY sequence DESC LIMIT 1").fetchone()
+    pending = [
+        stored_fill(row).allocation.fill
+        for row in execute(
+            f"SELECT {FILL_COLUMNS} FROM fills WHERE split_id IS NULL ORDER BY sequence"
+        )
+    ]
+    positions, last_prices = replay(
+        checkpoint,
+        dict(execute("SELECT ticker, price FROM last_prices").fetchall()),
+        execute(
+            f"SELECT {REPLAY_COLUMNS} FROM fills WHERE allocated_sequence > {mark} {REPLAY_ORDER}",
+            (counters.checkpoint_sequence,),
+        ),
+    )
+    restricted = execute(
+        f"SELECT {RESTRICTIONS_COLUMNS} FROM restrictions ORDER BY sequence DESC LIMIT 1"
+    ).fetchone()
+    return Recovered(
+        counters=counters,
+        positions=positions,
+        split=stored_split(split).split if split else None,
+        last_prices=last_prices,
+        pending=pending,
+        restrictions=(
+            stored_restrictions(restricted).restrictions if restricted else NO_RESTRICTIONS
+        ),
+    )
+
+
+class ExecuteMany(Protocol):
+    """A connection's or cursor's ``executemany``."""
+
+    def __call__(self, query: str, rows: Iterable[Sequence[object]], /) -> Any:
+        """Run ``query`` once per row."""
+
+
+def write_batch(
+    executemany: ExecuteMany, mark: str, batch: JournalBatch, counters: Counters
+) -> None:
+    """Every row of one group and the counters, inside the caller's transaction (``mark`` as for
+    ``recover_journal``; the upserts are the SQL both SQLite and PostgreSQL understand)."""
+
+    def values(count: int) -> str:
+        return ", ".join([mark] * count)
+
+    recorded = batch.recorded_ns
+    executemany(
+        f"INSERT INTO fills ({FILL_COLUMNS}, recorded_ns) VALUES ({values(13)})",
+        [fill_row(stored, recorded) for stored in batch.new_fills],
+    )
+    executemany(
+        f"UPDATE fills SET split_id = {mark}, accounts = {mark}, quantities = {mark},"
+        f" allocated_sequence = {mark}, lot_size = {mark} WHERE fill_id = {mark}",
+        [released_row(sequence, a) for sequence, a in batch.released],
+    )
+    executemany(
+        f"INSERT INTO splits ({SPLIT_COLUMNS}, recorded_ns) VALUES ({values(5)})",
+        [split_row(s, recorded) for s in batch.splits],
+    )
+    executemany(
+        f"INSERT INTO restrictions ({RESTRICTIONS_COLUMNS}, recorded_ns) VALUES ({values(4)})",
+        [restrictions_row(r, recorded) for r in batch.restrictions],
+    )
+    as_of = batch.checkpoint_as_of
+    executemany(
+        f"INSERT INTO positions (account, ticker, quantity, value, as_of) VALUES ({values(5)})"
+        " ON CONFLICT (account, ticker) DO UPDATE SET"
+        " quantity = excluded.quantity, value = excluded.value, as_of = excluded.as_of",
+        [(r.account, r.ticker, r.quantity, r.value, as_of) for r in batch.checkpoint],
+    )
+    executemany(
+        f"INSERT INTO last_prices (ticker, price) VALUES ({values(2)})"
+        " ON CONFLICT (ticker) DO UPDATE SET price = excluded.price",
+        list(batch.checkpoint_prices.items()),
+    )
+    executemany(
+        f"INSERT INTO counters (name, value) VALUES ({values(2)})"
+        " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        counter_rows(counters),
+    )
+
+
+def find_split(execute: Execute, mark: str, split_id: str) -> StoredSplit | None:
+    """The journaled split with this id, if any (``mark`` as for ``recover_journal``)."""
+    row = execute(f"SELECT {SPLIT_COLUMNS} FROM splits WHERE split_id = {mark}", (split_id,))
+    found = row.fetchone()
+    return stored_split(found) if found else None
+
+
+def find_restrictions(
+    execute: Execute, mark: str, restrictions_id: str
+) -> StoredRestrictions | None:
+    """The journaled restricted list with this id, if any."""
+    row = execute(
+        f"SELECT {RESTRICTIONS_COLUMNS} FROM restrictions WHERE restrictions_id = {mark}",
+        (restrictions_id,),
+    )
+    found = row.fetchone()
+    return stored_restrictions(found) if found else None
 
 
 def restrictions_json(restrictions: Restrictions) -> str:

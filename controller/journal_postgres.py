@@ -17,13 +17,8 @@ from typing import Any
 
 import psycopg
 
-from controller.domain import NO_RESTRICTIONS
 from controller.journal import (
     FILL_COLUMNS,
-    REPLAY_COLUMNS,
-    REPLAY_ORDER,
-    RESTRICTIONS_COLUMNS,
-    SPLIT_COLUMNS,
     Counters,
     JournalBatch,
     JournalDamaged,
@@ -35,16 +30,11 @@ from controller.journal import (
     StoredFill,
     StoredRestrictions,
     StoredSplit,
-    counter_rows,
-    counters_from_rows,
-    fill_row,
-    released_row,
-    replay,
-    restrictions_row,
-    split_row,
+    find_restrictions,
+    find_split,
+    recover_journal,
     stored_fill,
-    stored_restrictions,
-    stored_split,
+    write_batch,
 )
 
 # Stored in meta.schema_version; a journal of another version is refused, not misread.
@@ -195,80 +185,31 @@ class PostgresJournal:
 
     def recover(self) -> Recovered:
         """Read the aggregated state written by earlier runs, in one consistent snapshot."""
-        db = self._db
-        with db.transaction():
-            db.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            counters = counters_from_rows(db.execute("SELECT name, value FROM counters"))
-            checkpoint = {
-                (account, ticker): (quantity, value, as_of)
-                for account, ticker, quantity, value, as_of in db.execute(
-                    "SELECT account, ticker, quantity, value, as_of FROM positions"
-                )
-            }
-            split = db.execute(
-                f"SELECT {SPLIT_COLUMNS} FROM splits ORDER BY sequence DESC LIMIT 1"
-            ).fetchone()
-            pending = [
-                stored_fill(row).allocation.fill
-                for row in db.execute(
-                    f"SELECT {FILL_COLUMNS} FROM fills WHERE split_id IS NULL ORDER BY sequence"
-                )
-            ]
-            positions, last_prices = replay(
-                checkpoint,
-                dict(db.execute("SELECT ticker, price FROM last_prices").fetchall()),
-                db.execute(
-                    f"SELECT {REPLAY_COLUMNS} FROM fills WHERE allocated_sequence > %s"
-                    f" {REPLAY_ORDER}",
-                    (counters.checkpoint_sequence,),
-                ),
-            )
-            restricted = db.execute(
-                f"SELECT {RESTRICTIONS_COLUMNS} FROM restrictions ORDER BY sequence DESC LIMIT 1"
-            ).fetchone()
-        return Recovered(
-            counters=counters,
-            positions=positions,
-            split=stored_split(split).split if split else None,
-            last_prices=last_prices,
-            pending=pending,
-            restrictions=(
-                stored_restrictions(restricted).restrictions if restricted else NO_RESTRICTIONS
-            ),
-        )
+        with self._db.transaction():
+            self._db.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            return recover_journal(self._db.execute, "%s")
 
     def find_fills(self, fill_ids: Collection[str]) -> dict[str, StoredFill]:
         """The journaled fills among ``fill_ids``, by id."""
         if not fill_ids:
             return {}
-        with self._db.transaction():
-            rows = self._db.execute(
-                f"SELECT {FILL_COLUMNS} FROM fills WHERE fill_id = ANY(%s)", (list(fill_ids),)
-            ).fetchall()
+        rows = self._db.execute(
+            f"SELECT {FILL_COLUMNS} FROM fills WHERE fill_id = ANY(%s)", (list(fill_ids),)
+        ).fetchall()
         found = (stored_fill(row) for row in rows)
         return {stored.allocation.fill.fill_id: stored for stored in found}
 
     def find_split(self, split_id: str) -> StoredSplit | None:
         """The journaled split with this id, if any."""
-        with self._db.transaction():
-            row = self._db.execute(
-                f"SELECT {SPLIT_COLUMNS} FROM splits WHERE split_id = %s", (split_id,)
-            ).fetchone()
-        return stored_split(row) if row else None
+        return find_split(self._db.execute, "%s", split_id)
 
     def find_restrictions(self, restrictions_id: str) -> StoredRestrictions | None:
         """The journaled restricted list with this id, if any."""
-        with self._db.transaction():
-            row = self._db.execute(
-                f"SELECT {RESTRICTIONS_COLUMNS} FROM restrictions WHERE restrictions_id = %s",
-                (restrictions_id,),
-            ).fetchone()
-        return stored_restrictions(row) if row else None
+        return find_restrictions(self._db.execute, "%s", restrictions_id)
 
     def write(self, batch: JournalBatch, counters: Counters) -> None:
         """Write one group of events and the new counters in a single committed transaction,
         provided this controller still leads (``JournalFenced`` otherwise)."""
-        recorded = batch.recorded_ns
         with self._db.transaction(), self._db.cursor() as cursor:
             cursor.execute("SELECT epoch, address FROM leader WHERE id = 1 FOR SHARE")
             epoch, address = cursor.fetchone() or (None, "")
@@ -277,42 +218,4 @@ class PostgresJournal:
                     f"leadership epoch {self._epoch} ended: epoch {epoch} leads"
                     f" (at {address or 'an unknown address'})"
                 )
-            cursor.executemany(
-                f"INSERT INTO fills ({FILL_COLUMNS}, recorded_ns) VALUES ({_marks(13)})",
-                [fill_row(stored, recorded) for stored in batch.new_fills],
-            )
-            cursor.executemany(
-                "UPDATE fills SET split_id = %s, accounts = %s, quantities = %s,"
-                " allocated_sequence = %s, lot_size = %s WHERE fill_id = %s",
-                [released_row(sequence, a) for sequence, a in batch.released],
-            )
-            cursor.executemany(
-                f"INSERT INTO splits ({SPLIT_COLUMNS}, recorded_ns) VALUES ({_marks(5)})",
-                [split_row(s, recorded) for s in batch.splits],
-            )
-            cursor.executemany(
-                f"INSERT INTO restrictions ({RESTRICTIONS_COLUMNS}, recorded_ns)"
-                f" VALUES ({_marks(4)})",
-                [restrictions_row(r, recorded) for r in batch.restrictions],
-            )
-            as_of = batch.checkpoint_as_of
-            cursor.executemany(
-                "INSERT INTO positions (account, ticker, quantity, value, as_of)"
-                f" VALUES ({_marks(5)}) ON CONFLICT (account, ticker) DO UPDATE SET"
-                " quantity = excluded.quantity, value = excluded.value, as_of = excluded.as_of",
-                [(r.account, r.ticker, r.quantity, r.value, as_of) for r in batch.checkpoint],
-            )
-            cursor.executemany(
-                "INSERT INTO last_prices (ticker, price) VALUES (%s, %s)"
-                " ON CONFLICT (ticker) DO UPDATE SET price = excluded.price",
-                list(batch.checkpoint_prices.items()),
-            )
-            cursor.executemany(
-                "INSERT INTO counters (name, value) VALUES (%s, %s)"
-                " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-                counter_rows(counters),
-            )
-
-
-def _marks(count: int) -> str:
-    return ", ".join(["%s"] * count)
+            write_batch(cursor.executemany, "%s", batch, counters)

@@ -18,13 +18,8 @@ import uuid
 from collections.abc import Collection
 from pathlib import Path
 
-from controller.domain import NO_RESTRICTIONS
 from controller.journal import (
     FILL_COLUMNS,
-    REPLAY_COLUMNS,
-    REPLAY_ORDER,
-    RESTRICTIONS_COLUMNS,
-    SPLIT_COLUMNS,
     Counters,
     JournalBatch,
     JournalDamaged,
@@ -35,16 +30,11 @@ from controller.journal import (
     StoredFill,
     StoredRestrictions,
     StoredSplit,
-    counter_rows,
-    counters_from_rows,
-    fill_row,
-    released_row,
-    replay,
-    restrictions_row,
-    split_row,
+    find_restrictions,
+    find_split,
+    recover_journal,
     stored_fill,
-    stored_restrictions,
-    stored_split,
+    write_batch,
 )
 from controller.policy import TOTAL_VALUE
 
@@ -262,45 +252,9 @@ class SqliteJournal:
             self._lock.release()
 
     def recover(self) -> Recovered:
-        """Read the aggregated state written by earlier runs."""
-        db = self._db
-        counters = counters_from_rows(db.execute("SELECT name, value FROM counters"))
-        checkpoint = {
-            (account, ticker): (quantity, value, as_of)
-            for account, ticker, quantity, value, as_of in db.execute(
-                "SELECT account, ticker, quantity, value, as_of FROM positions"
-            )
-        }
-        split = db.execute(
-            f"SELECT {SPLIT_COLUMNS} FROM splits ORDER BY sequence DESC LIMIT 1"
-        ).fetchone()
-        pending = [
-            stored_fill(row).allocation.fill
-            for row in db.execute(
-                f"SELECT {FILL_COLUMNS} FROM fills WHERE split_id IS NULL ORDER BY sequence"
-            )
-        ]
-        positions, last_prices = replay(
-            checkpoint,
-            dict(db.execute("SELECT ticker, price FROM last_prices")),
-            db.execute(
-                f"SELECT {REPLAY_COLUMNS} FROM fills WHERE allocated_sequence > ? {REPLAY_ORDER}",
-                (counters.checkpoint_sequence,),
-            ),
-        )
-        restricted = db.execute(
-            f"SELECT {RESTRICTIONS_COLUMNS} FROM restrictions ORDER BY sequence DESC LIMIT 1"
-        ).fetchone()
-        return Recovered(
-            counters=counters,
-            positions=positions,
-            split=stored_split(split).split if split else None,
-            last_prices=last_prices,
-            pending=pending,
-            restrictions=(
-                stored_restrictions(restricted).restrictions if restricted else NO_RESTRICTIONS
-            ),
-        )
+        """Read the aggregated state written by earlier runs (the writer is the only one, so
+        its reads are consistent)."""
+        return recover_journal(self._db.execute, "?")
 
     def find_fills(self, fill_ids: Collection[str]) -> dict[str, StoredFill]:
         """The journaled fills among ``fill_ids``, by id."""
@@ -313,59 +267,18 @@ class SqliteJournal:
 
     def find_split(self, split_id: str) -> StoredSplit | None:
         """The journaled split with this id, if any."""
-        row = self._db.execute(
-            f"SELECT {SPLIT_COLUMNS} FROM splits WHERE split_id=?", (split_id,)
-        ).fetchone()
-        return stored_split(row) if row else None
+        return find_split(self._db.execute, "?", split_id)
 
     def find_restrictions(self, restrictions_id: str) -> StoredRestrictions | None:
         """The journaled restricted list with this id, if any."""
-        row = self._db.execute(
-            f"SELECT {RESTRICTIONS_COLUMNS} FROM restrictions WHERE restrictions_id=?",
-            (restrictions_id,),
-        ).fetchone()
-        return stored_restrictions(row) if row else None
+        return find_restrictions(self._db.execute, "?", restrictions_id)
 
     def write(self, batch: JournalBatch, counters: Counters) -> None:
         """Write one group of events and the new counters in a single committed transaction."""
         db = self._db
-        recorded = batch.recorded_ns
         db.execute("BEGIN")
         try:
-            db.executemany(
-                f"INSERT INTO fills ({FILL_COLUMNS}, recorded_ns)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                [fill_row(stored, recorded) for stored in batch.new_fills],
-            )
-            db.executemany(
-                "UPDATE fills SET split_id=?, accounts=?, quantities=?, allocated_sequence=?,"
-                " lot_size=? WHERE fill_id=?",
-                [released_row(sequence, a) for sequence, a in batch.released],
-            )
-            db.executemany(
-                f"INSERT INTO splits ({SPLIT_COLUMNS}, recorded_ns) VALUES (?,?,?,?,?)",
-                [split_row(s, recorded) for s in batch.splits],
-            )
-            db.executemany(
-                f"INSERT INTO restrictions ({RESTRICTIONS_COLUMNS}, recorded_ns) VALUES (?,?,?,?)",
-                [restrictions_row(r, recorded) for r in batch.restrictions],
-            )
-            if batch.checkpoint:
-                as_of = batch.checkpoint_as_of
-                db.executemany(
-                    "INSERT OR REPLACE INTO positions (account, ticker, quantity, value, as_of)"
-                    " VALUES (?,?,?,?,?)",
-                    [(r.account, r.ticker, r.quantity, r.value, as_of) for r in batch.checkpoint],
-                )
-            if batch.checkpoint_prices:
-                db.executemany(
-                    "INSERT OR REPLACE INTO last_prices (ticker, price) VALUES (?,?)",
-                    batch.checkpoint_prices.items(),
-                )
-            db.executemany(
-                "INSERT OR REPLACE INTO counters (name, value) VALUES (?,?)",
-                counter_rows(counters),
-            )
+            write_batch(db.executemany, "?", batch, counters)
             db.execute("COMMIT")
         except BaseException:
             # A failed COMMIT may already have rolled back: rolling back again would raise
