@@ -202,3 +202,42 @@ def test_a_paused_leader_commits_nothing_after_the_takeover_and_follows(
         assert f"the leader is west at 127.0.0.1:{ports['west']}" in str(follower.value.details())
         for program in (old, new):
             assert program.stop(signal.SIGTERM) == 0
+
+
+@pytest.mark.timeout(120)
+def test_a_leader_that_loses_its_database_sessions_steps_down_and_the_lead_moves_on(
+    postgres: PostgresServer, programs: list[Program], position_server: FakePositionServer
+) -> None:
+    target = postgres.database()
+    position_server.start()
+    ports = {"east": free_port(), "west": free_port()}
+    old = start_controller(programs, target, "east", ports["east"], position_server.port)
+    epoch = int(str(leading(old)["epoch"]))
+    standby = start_controller(programs, target, "west", ports["west"], position_server.port)
+    standby.wait_for("following")
+    with open_channel(f"127.0.0.1:{ports['east']}") as channel:
+        stub = controller_service_pb2_grpc.ControllerServiceStub(channel)
+        stub.SetAumSplit(split_request({"a": "60", "b": "40"}))
+        postgres.execute(
+            target,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.SubmitFill(controller_service_pb2.SubmitFillRequest(fill=fill("lost")))
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    old.wait_for("lost the lead; following")
+    # Whichever controller takes the next epoch serves; the refused fill was never journaled.
+    addresses = ",".join(f"127.0.0.1:{port}" for port in ports.values())
+    fills = start_program(
+        "simulators", "fills", f"--controller={addresses}", "--rate=20", "--seed=2",
+        "--count=5", "--run-id=moved", capture_output=True,
+    )  # fmt: skip
+    programs.append(fills)
+    assert fills.wait_for("finished", timeout=60)["allocated"] == 5
+    epochs = postgres.execute(target, "SELECT epoch FROM leader")
+    assert epochs[0][0] > epoch
+    stored = postgres.execute(target, "SELECT fill_id FROM fills WHERE fill_id = 'lost'")
+    assert stored == []
+    for program in (old, standby):
+        assert program.stop(signal.SIGTERM) == 0
