@@ -17,6 +17,8 @@ export ACCOUNTS        ?= 5
 export FILL_SERVERS    ?= 1
 export CONTROLLER_PORT ?= 9998
 export POSITION_PORT   ?= 9999
+# The position service's web dashboard: http://127.0.0.1:$(DASHBOARD_PORT)/
+export DASHBOARD_PORT  ?= 8080
 # Development certificates (`make certs`): every link of `make run` uses mutual TLS with them
 # and the policy beside them; `make run TLS=0` runs the demo in plaintext instead.
 export CERTS ?= var/certs

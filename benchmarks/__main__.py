@@ -10,7 +10,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks import audit, engine, large, replication, system
+from benchmarks import audit, dashboard, engine, large, replication, system
 from controller.policy import POLICIES
 
 RESULTS = Path(__file__).parent / "results"
@@ -174,7 +174,7 @@ def main() -> None:
         "which",
         nargs="?",
         default="all",
-        choices=["engine", "system", "large", "audit", "replication", "all"],
+        choices=["engine", "system", "large", "audit", "replication", "dashboard", "all"],
     )
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (smoke run)")
     args = parser.parse_args()
@@ -195,6 +195,9 @@ def main() -> None:
     if args.which in ("replication", "all"):
         result = replication.run(console, args.quick)
         (RESULTS / "replication.json").write_text(json.dumps(result, indent=2) + "\n")
+    if args.which in ("dashboard", "all"):
+        result = dashboard.run(console, args.quick)
+        (RESULTS / "dashboard.json").write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,8 @@ from controller.serving import (
     set_serving,
     wait_for_signal,
 )
-from controller.transport import TLSError
+from controller.transport import TLSError, is_loopback
+from position.dashboard import Dashboard
 from position.history import DEFAULT_KEEP, ReportHistory
 from position.render import PER_TICKER_CHOICES, RenderOptions
 from position.service import PositionService
@@ -89,9 +90,27 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=0,
         help="Prometheus metrics port on --metrics-host (0 = off)",
     )
+    parser.add_argument(
+        "--http-port",
+        type=port_number,
+        default=None,
+        help="serve the live web dashboard and its JSON API on this port (0 picks a free one;"
+        " default: no dashboard)",
+    )
+    parser.add_argument(
+        "--http-host",
+        default="127.0.0.1",
+        help="address of the dashboard: plain HTTP, so with --tls-cert only a loopback address"
+        " is accepted (reach it through an SSH tunnel or a TLS-terminating proxy)",
+    )
     parser.add_argument("--log-level", default="INFO", choices=LOG_LEVELS, help="logging level")
     add_security_arguments(parser)
     args = parser.parse_args(argv)
+    if args.http_port is not None and args.tls_cert is not None and not is_loopback(args.http_host):
+        parser.error(
+            f"--http-host {args.http_host} is not a loopback address: the dashboard is plain"
+            " HTTP and would bypass --tls-cert and the role policy; keep it on 127.0.0.1"
+        )
     if args.jsonl is not None and args.jsonl.is_dir():
         parser.error(f"--jsonl {args.jsonl} is a directory; give a file to append to")
     return args
@@ -125,8 +144,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as error:
         log.critical("cannot listen: %s", error)
         return 2
+    dashboard = None
+    if args.http_port is not None:
+        dashboard = Dashboard(history)
+        try:
+            http_port = dashboard.start(args.http_host, args.http_port)
+        except OSError as error:
+            log.critical("cannot listen: %s", error)
+            return 2
+        log.info(
+            "dashboard listening",
+            extra={"url": f"http://{args.http_host}:{http_port}/", "port": http_port},
+        )
     position_service_pb2_grpc.add_PositionServiceServicer_to_server(
-        PositionService(console, options, args.jsonl, history), server
+        PositionService(
+            console, options, args.jsonl, history, dashboard.publish if dashboard else None
+        ),
+        server,
     )
     server.start()
     set_serving(health, [POSITION_SERVICE])
@@ -135,6 +169,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.info("stopping", extra={"signal": signum})
     health.enter_graceful_shutdown()
     server.stop(args.grace).wait()
+    if dashboard is not None:
+        dashboard.stop()
     history.close()
     log.info("stopped")
     return 0

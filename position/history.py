@@ -104,6 +104,14 @@ class ReportHistory:
             ).fetchall()
         return [StoredReport(i, allocation_pb2.PositionReport.FromString(r)) for i, r in rows]
 
+    def recent(self, limit: int) -> list[StoredReport]:
+        """The newest ``limit`` reports, whole, in the order they were accepted."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, report FROM reports ORDER BY id DESC LIMIT ?", (limit,)
+            ).fetchall()
+        return [StoredReport(i, allocation_pb2.PositionReport.FromString(r)) for i, r in rows[::-1]]
+
     def close(self) -> None:
         """Close the database."""
         with self._lock:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,10 +96,13 @@ class PositionService(position_service_pb2_grpc.PositionServiceServicer):
         options: RenderOptions,
         jsonl: Path | None = None,
         history: ReportHistory | None = None,
+        on_accept: Callable[[allocation_pb2.PositionReport], None] | None = None,
     ) -> None:
         """Print accepted reports to ``console`` as ``options`` say; with a ``history``, keep
         them there and start from what it holds (the latest report, each journal's newest
-        sequence)."""
+        sequence). ``on_accept`` is told of every accepted report, in order (it must return
+        quickly: the dashboard's ``publish``)."""
+        self._on_accept = on_accept
         self._console = console
         self._options = options
         self._jsonl = jsonl
@@ -181,6 +184,8 @@ class PositionService(position_service_pb2_grpc.PositionServiceServicer):
             if self._history is not None:
                 self._history.add(kept.header, report)
             self._latest = kept
+            if self._on_accept is not None:
+                self._on_accept(report)
             self._console.print(render_report(report, self._options))
             if self._jsonl is not None:
                 line = json_format.MessageToJson(report, indent=None, sort_keys=True)
