@@ -73,7 +73,10 @@ def parts(accounts: int, sequence: int) -> Iterator[position_service_pb2.ReportP
                     market_value="1000",
                     deviation=str((i * 7919) % 201 - 100),
                     positions=[
-                        allocation_pb2.Position(ticker=t, quantity=1, value="100") for t in TICKERS
+                        allocation_pb2.Position(
+                            ticker=t, quantity=1, value="100", market_value="100"
+                        )
+                        for t in TICKERS
                     ],
                 )
             )
@@ -143,7 +146,11 @@ def run(console: Console, quick: bool) -> dict[str, object]:
                 stub = position_service_pb2_grpc.PositionServiceStub(channel)
                 url = f"http://127.0.0.1:{http_port}"
                 for accounts in (10, 10_000 if quick else 100_000):
-                    stub.ReportPositions(parts(accounts, 1), timeout=300, wait_for_ready=True)
+                    answer = stub.ReportPositions(
+                        parts(accounts, 1), timeout=300, wait_for_ready=True
+                    )
+                    if answer.HasField("rejection"):
+                        raise RuntimeError(f"report refused: {answer.rejection.message}")
                     wait_until_shown(url, f"bench-{accounts}")
                     rows.append(measure(f"{url}/", accounts))
         finally:
