@@ -49,6 +49,7 @@ from controller.waterfill import (
     allocate_vector,
     mix64,
     mix64_array,
+    smallest_by,
     stable_hash64,
 )
 
@@ -436,15 +437,21 @@ class Book:
         self, fill: Fill, measured: Measure, buy: bool
     ) -> tuple[npt.NDArray[np.intp], Int64Array]:
         """numpy path for large books; the exact search runs on the accounts that can win.
-        The slot scores of ``slot_scores``, split as S * head + frac to stay inside int64."""
+        The slot scores of ``slot_scores``, split as S * head + frac to stay inside int64.
+        Arrays are over the accounts that can take a share (``live``), gathered only when
+        those are not all of them."""
         scale = self._weight_total
-        weights = self._weight
-        values = measured.values
-        if buy:
-            caps = np.zeros(len(weights), dtype=np.int64)
-            caps[self._buyers_of(fill.ticker)[0]] = fill.quantity
-        else:
-            caps = self._quantity[fill.ticker]
+        holdings = self._quantity[fill.ticker]
+        live = self._buyers_of(fill.ticker)[0] if buy else np.flatnonzero(holdings)
+        everyone = len(live) == len(self._weight)
+
+        def of_live(array: npt.NDArray[Any]) -> npt.NDArray[Any]:
+            return array if everyone else array[live]
+
+        weights = of_live(self._weight)
+        values = of_live(measured.values)
+        hashes = of_live(self._account_hash)
+        caps = np.full(len(live), fill.quantity, dtype=np.int64) if buy else of_live(holdings)
         # p_i * M' = S * q_i + r_i computed without overflow via M' = A * S + B.
         whole, part = divmod(measured.total_after, scale)
         scaled = weights * part
@@ -458,26 +465,27 @@ class Book:
             borrow = (remainder > 0).astype(np.int64)
             head = values - quotient - borrow
             frac = (scale - remainder) % scale
-        live = np.flatnonzero(caps)
+        seed = np.uint64(stable_hash64(fill.fill_id))
+
+        def keys_of(among: npt.NDArray[np.intp]) -> UInt64Array:
+            return mix64_array(hashes[among] ^ seed)
+
         if fill.quantity < len(live):
             # An account can only receive if its first slot is among the q best first slots:
-            # keep those with a head at least the q-th largest (ties included).
-            live_head = head[live]
-            cut = np.partition(live_head, len(live) - fill.quantity)[len(live) - fill.quantity]
-            live = live[live_head >= cut]
+            # keep exactly those (slots order by head, then frac, then tie key).
+            best = np.sort(
+                smallest_by(
+                    len(live),
+                    fill.quantity,
+                    [lambda among: -head[among], lambda among: -frac[among], keys_of],
+                )
+            )
+            live, head, frac, caps, hashes = (
+                live[best], head[best], frac[best], caps[best], hashes[best]
+            )  # fmt: skip
         if len(live) <= self._python_candidates:
-            scores = [
-                scale * h + r for h, r in zip(head[live].tolist(), frac[live].tolist(), strict=True)
-            ]
-            return self._shares_python(fill, live, scores, caps[live].tolist(), measured.unit)
-        account_hash = self._account_hash
-
-        def keys_of(indices: npt.NDArray[np.intp]) -> UInt64Array:
-            seed = np.uint64(stable_hash64(fill.fill_id))
-            return mix64_array(account_hash[live[indices]] ^ seed)
-
-        if len(live) < len(head):
-            head, frac, caps = head[live], frac[live], caps[live]
+            scores = [scale * h + r for h, r in zip(head.tolist(), frac.tolist(), strict=True)]
+            return self._shares_python(fill, live, scores, caps.tolist(), measured.unit)
         shares = allocate_vector(head, frac, caps, measured.unit, fill.quantity, keys_of)
         taken = np.flatnonzero(shares)
         return live[taken], shares[taken]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -62,6 +63,14 @@ def allocate_small(
     """
     shares = [0] * len(scores)
     free = [i for i, cap in enumerate(caps) if cap > 0]
+    if len(free) == q:
+        # q accounts whose first slots are all above every second slot take one share each:
+        # what a large book's fill to its q best accounts usually is.
+        free_scores = [scores[i] for i in free]
+        if max(free_scores) - min(free_scores) < step:
+            for i in free:
+                shares[i] = 1
+            return shares
     remaining = q
     while remaining > 0:
         uncapped = _uncapped_small(scores, free, step, remaining, key_of)
@@ -84,32 +93,43 @@ def _uncapped_small(
     """Uncapped water-filling over ``free``: continuous threshold, floors, then remainders."""
     # Order among equal scores does not move the threshold, so no tie key is needed here.
     order = sorted(free, key=scores.__getitem__, reverse=True)
-    prefix = 0
-    active, active_sum = 0, 0
+    budget = step * q
+    prefix = active = active_sum = 0
     for count, i in enumerate(order, start=1):
-        prefix += scores[i]
+        score = scores[i]
+        prefix += score
         # The threshold t_k = (prefix_k - step*q) / k is valid while the k-th score is above it.
-        if count * scores[i] > prefix - step * q:
+        if count * score > prefix - budget:
             active, active_sum = count, prefix
         else:
             break
     # Threshold t = numerator / active; each active account takes floor((score - t) / step).
-    numerator = active_sum - step * q
+    numerator = active_sum - budget
+    divisor = active * step
     shares = dict.fromkeys(free, 0)
     given = 0
     for i in order[:active]:
-        shares[i] = (active * scores[i] - numerator) // (active * step)
-        given += shares[i]
+        taken = (active * scores[i] - numerator) // divisor
+        shares[i] = taken
+        given += taken
     # Fewer than `active` shares remain; each goes to a different account with the largest
     # residual slot, and every floor slot strictly beats every residual slot.
     leftover = q - given
     if leftover:
+        # Every active account's residual slot is at least t, so only slots above t - step
+        # can win: the active accounts and the inactive ones (score order) that reach it.
+        contenders = order[:active]
+        for i in order[active:]:
+            if active * scores[i] <= numerator - divisor:
+                break
+            contenders.append(i)
         # Smaller is better: the negated residual slot of each account.
-        behind = {i: step * shares[i] - scores[i] for i in free}
-        by_residual = sorted(free, key=behind.__getitem__)
+        behind = {i: step * shares[i] - scores[i] for i in contenders}
+        by_residual = sorted(contenders, key=behind.__getitem__)
         cut = behind[by_residual[leftover - 1]]
         winners = [i for i in by_residual[:leftover] if behind[i] < cut]
-        tied = sorted((i for i in by_residual if behind[i] == cut), key=key_of)
+        # Equal keys (never, short of a hash collision) fall back to account order.
+        tied = sorted((i for i in by_residual if behind[i] == cut), key=lambda i: (key_of(i), i))
         for i in winners + tied[: leftover - len(winners)]:
             shares[i] += 1
     return shares
@@ -172,8 +192,71 @@ def allocate_vector(
     if leftover:
         # Accounts whose next slot sits exactly at the threshold compete by frac, then tie key.
         at_threshold = np.flatnonzero((base < live_caps) & (live_head - step * base == threshold))
-        tie_keys = keys_of(live[at_threshold])
-        order = np.lexsort((tie_keys, -frac[live[at_threshold]]))
-        base[at_threshold[order[:leftover]]] += 1
+        tied = live[at_threshold]
+        best = smallest_by(
+            len(tied),
+            leftover,
+            [lambda among: -frac[tied[among]], lambda among: keys_of(tied[among])],
+        )
+        base[at_threshold[best]] += 1
     result[live] = base
     return result
+
+
+def smallest_by(
+    size: int,
+    count: int,
+    levels: Sequence[Callable[[npt.NDArray[np.intp]], npt.NDArray[Any]]],
+) -> npt.NDArray[np.intp]:
+    """Positions (in no particular order) of the ``count`` smallest of ``size`` items ordered by
+    ``levels`` (then by position): the first ``count`` of a stable lexicographic sort, as a set,
+    in linear time. ``levels[k](positions)`` gives the k-th key of those positions; it is asked
+    only for the items still tied where the cut falls (a full sort of 100,000 tied accounts
+    took 97 % of a fill)."""
+    positions = np.arange(size)
+    chosen = []
+    for level in levels:
+        if count == len(positions):
+            break
+        values = level(positions)
+        cut = _kth_smallest(values, count)
+        below = positions[values < cut]
+        chosen.append(below)
+        count -= len(below)
+        positions = positions[values == cut]
+    chosen.append(positions[:count])
+    return np.concatenate(chosen)
+
+
+# Smallest distinct values walked before ``_kth_smallest`` falls back to ``np.partition``.
+DISTINCT_WALK = 4
+# Above 16 times this many values, ``_kth_smallest`` first guesses a bound from a sample of
+# this size, to partition only the values below it.
+SAMPLE = 1024
+
+
+def _kth_smallest(values: npt.NDArray[Any], k: int) -> Any:
+    """The k-th smallest of ``values`` (1 <= k <= len). ``np.partition`` is linear but 15-30x
+    slower when k falls in a long run of equal values with larger ones scattered through it
+    (12 ms instead of 0.4 ms at 100,000 accounts): what equal weights make of the book. So the
+    smallest distinct values are walked first while they come in runs, and a large array is
+    first cut down to the values below a bound guessed from a sample."""
+    rest = values
+    for _ in range(DISTINCT_WALK):
+        low = rest.min()
+        run = int(np.count_nonzero(rest == low))
+        if run >= k:
+            return low
+        if run == 1:
+            break
+        k -= run
+        rest = rest[rest > low]
+    if len(rest) > 16 * SAMPLE:
+        # Exact whatever the guess: when at least k values are at most the guess, the k-th
+        # smallest is among them; otherwise all values are partitioned.
+        sample = rest[:: len(rest) // SAMPLE]
+        rank = min(len(sample) - 1, 2 * k * len(sample) // len(rest) + 8)
+        near = rest[rest <= np.partition(sample, rank)[rank]]
+        if len(near) >= k:
+            rest = near
+    return np.partition(rest, k - 1)[k - 1]
