@@ -1,4 +1,5 @@
-"""`python -m benchmarks [engine|system|large|audit|all]`: print tables, write them as JSON."""
+"""`python -m benchmarks [engine|cliffs|system|large|audit|replication|dashboard|all]`: print
+tables, write them as JSON."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks import audit, dashboard, engine, large, replication, system
+from benchmarks import audit, cliffs, dashboard, engine, large, replication, system
 from controller.policy import POLICIES
 
 RESULTS = Path(__file__).parent / "results"
@@ -174,7 +175,7 @@ def main() -> None:
         "which",
         nargs="?",
         default="all",
-        choices=["engine", "system", "large", "audit", "replication", "dashboard", "all"],
+        choices=["engine", "cliffs", "system", "large", "audit", "replication", "dashboard", "all"],
     )
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (smoke run)")
     args = parser.parse_args()
@@ -183,6 +184,9 @@ def main() -> None:
     if args.which in ("engine", "all"):
         result = run_engine(console, args.quick)
         (RESULTS / "engine.json").write_text(json.dumps(result, indent=2) + "\n")
+    if args.which in ("cliffs", "all"):
+        result = cliffs.run(console, args.quick)
+        (RESULTS / "cliffs.json").write_text(json.dumps(result, indent=2) + "\n")
     if args.which in ("system", "all"):
         result = system.run(console, args.quick)
         (RESULTS / "system.json").write_text(json.dumps(result, indent=2) + "\n")

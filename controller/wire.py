@@ -32,7 +32,7 @@ _SHARES_TAG = bytes(
 )
 _ACCOUNT_TAG = bytes([allocation_pb2.AccountQuantity.ACCOUNT_FIELD_NUMBER << 3 | _LENGTH_DELIMITED])
 _QUANTITY_TAG = bytes([allocation_pb2.AccountQuantity.QUANTITY_FIELD_NUMBER << 3 | _VARINT])
-# The entry of each account seen, up to its quantity, for quantities of one varint byte.
+# The entry of each account seen up to its quantity, for quantities of one varint byte (< 128).
 _entry_heads: dict[str, bytes] = {}
 _QUANTITY_BYTES = [_QUANTITY_TAG + bytes([q]) for q in range(128)]
 
@@ -73,28 +73,27 @@ def _varint(value: int) -> bytes:
     return bytes(out)
 
 
-def _entry_head(account: str) -> bytes:
-    """The bytes of one receiver entry up to its quantity, for a one-byte quantity."""
-    head = _entry_heads.get(account)
-    if head is None:
-        name = account.encode()
-        body = _ACCOUNT_TAG + _varint(len(name)) + name
-        head = _entry_heads[account] = _SHARES_TAG + _varint(len(body) + 2) + body
-    return head
+def _entry(account: str, quantity: int) -> bytes:
+    """One receiver entry, encoded in full."""
+    name = account.encode()
+    body = _ACCOUNT_TAG + _varint(len(name)) + name + _QUANTITY_TAG + _varint(quantity)
+    return _SHARES_TAG + _varint(len(body)) + body
 
 
 def encode_shares(accounts: Sequence[str], quantities: Sequence[int]) -> bytes:
     """The ``allocations`` entries of a ``FillAllocation`` for these receivers, encoded: what
     ``MergeFromString`` appends as if each had been added (quantities are > 0)."""
-    parts = []
-    for account, quantity in zip(accounts, quantities, strict=True):
-        if quantity < 128:
-            parts.append(_entry_head(account))
-            parts.append(_QUANTITY_BYTES[quantity])
-        else:
-            name = account.encode()
-            body = _ACCOUNT_TAG + _varint(len(name)) + name + _QUANTITY_TAG + _varint(quantity)
-            parts.append(_SHARES_TAG + _varint(len(body)) + body)
+    parts = [b""] * (2 * len(accounts))
+    try:
+        parts[::2] = map(_entry_heads.__getitem__, accounts)
+        parts[1::2] = map(_QUANTITY_BYTES.__getitem__, quantities)
+    except KeyError:
+        for account in accounts:
+            if account not in _entry_heads:
+                _entry_heads[account] = _entry(account, 1)[:-2]
+        return encode_shares(accounts, quantities)
+    except IndexError:
+        return b"".join([_entry(a, q) for a, q in zip(accounts, quantities, strict=True)])
     return b"".join(parts)
 
 
