@@ -467,8 +467,9 @@ class Book:
             frac = (scale - remainder) % scale
         seed = np.uint64(stable_hash64(fill.fill_id))
 
-        def keys_of(among: npt.NDArray[np.intp]) -> UInt64Array:
-            return mix64_array(hashes[among] ^ seed)
+        def keys_in(hashes: UInt64Array) -> Callable[[npt.NDArray[np.intp]], UInt64Array]:
+            """Tie keys of positions in ``hashes`` (the account hashes of the arrays in use)."""
+            return lambda among: mix64_array(hashes[among] ^ seed)
 
         if fill.quantity < len(live):
             # An account can only receive if its first slot is among the q best first slots:
@@ -477,7 +478,7 @@ class Book:
                 smallest_by(
                     len(live),
                     fill.quantity,
-                    [lambda among: -head[among], lambda among: -frac[among], keys_of],
+                    [lambda among: -head[among], lambda among: -frac[among], keys_in(hashes)],
                 )
             )
             live, head, frac, caps, hashes = (
@@ -486,7 +487,7 @@ class Book:
         if len(live) <= self._python_candidates:
             scores = [scale * h + r for h, r in zip(head.tolist(), frac.tolist(), strict=True)]
             return self._shares_python(fill, live, scores, caps.tolist(), measured.unit)
-        shares = allocate_vector(head, frac, caps, measured.unit, fill.quantity, keys_of)
+        shares = allocate_vector(head, frac, caps, measured.unit, fill.quantity, keys_in(hashes))
         taken = np.flatnonzero(shares)
         return live[taken], shares[taken]
 

@@ -90,6 +90,7 @@ def encode_shares(accounts: Sequence[str], quantities: Sequence[int]) -> bytes:
     except KeyError:
         for account in accounts:
             if account not in _entry_heads:
+                # The entry of a quantity of 1 without its two quantity bytes.
                 _entry_heads[account] = _entry(account, 1)[:-2]
         return encode_shares(accounts, quantities)
     except IndexError:
