@@ -59,7 +59,9 @@ VECTOR_SAFE = 1 << 60
 # What an account's net value (and per-ticker value) may reach in the int64 arrays and the
 # journal's INTEGER columns: about 4.6e12 in price units. Fills past it are refused.
 STORED_LIMIT = 1 << 62
-# Up to this many eligible accounts the exact Python path is faster than numpy's overhead.
+# Up to this many eligible accounts the exact Python path is faster than numpy's overhead; and
+# a book of at most this many accounts keeps its per-account state in Python lists, not arrays
+# (updating ten list items costs a fifth of ten numpy fancy-index updates).
 SMALL_BOOK = 48
 # Large books: when at most this many accounts can receive, finish on the exact Python path.
 PYTHON_CANDIDATES = 256
@@ -74,6 +76,32 @@ def slot_scores(
     if buy:
         return [w * total_after - scale * v for w, v in zip(weights, values, strict=True)]
     return [scale * v - w * total_after for w, v in zip(weights, values, strict=True)]
+
+
+IntpArray = npt.NDArray[np.intp]
+BoolArray = npt.NDArray[np.bool_]
+# Per-account state: Python lists while the book has at most ``small_book`` accounts, int64 (or
+# bool) arrays once it grows past that; indices into it come as a list or an array to match.
+Column = list[int] | Int64Array
+Flags = list[bool] | BoolArray
+Indices = list[int] | IntpArray
+
+
+def gather(column: Column, indices: Indices) -> list[int]:
+    """``column`` at ``indices``, as Python integers."""
+    if isinstance(column, list):
+        return [column[i] for i in indices]
+    values: list[int] = column[indices].tolist()
+    return values
+
+
+class Buyers(NamedTuple):
+    """The accounts a buy of one ticker may reach (index order), their weights, and the longest
+    of their names."""
+
+    indices: Indices
+    weights: list[int]
+    longest_name: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,20 +148,22 @@ class Book:
         self._names: list[str] = []
         self._name_array = np.zeros(0, dtype=object)
         self._index: dict[str, int] = {}
-        self._value = np.zeros(0, dtype=np.int64)
+        self._on_lists = True
+        self._value: Column = []
         self._weight = np.zeros(0, dtype=np.int64)
+        self._weight_list: list[int] = []
         self._account_hash = np.zeros(0, dtype=np.uint64)
-        self._quantity = {t: np.zeros(0, dtype=np.int64) for t in self._tickers}
-        self._ticker_value = {t: np.zeros(0, dtype=np.int64) for t in self._tickers}
+        self._quantity: dict[str, Column] = {t: [] for t in self._tickers}
+        self._ticker_value: dict[str, Column] = {t: [] for t in self._tickers}
         # (account, ticker) pairs changed since the last take_changed().
-        self._changed = {t: np.zeros(0, dtype=bool) for t in self._tickers}
+        self._changed: dict[str, Flags] = {t: [] for t in self._tickers}
         self._ticker_total = dict.fromkeys(self._tickers, 0)
         self._last_price: dict[str, int] = {}
         self._split: Split | None = None
         # Accounts with a weight in the split, in index order; and per ticker, those of them
         # that may buy it (the restricted ones left out) with their weights and longest name.
-        self._buy_eligible: npt.NDArray[np.intp] = np.zeros(0, dtype=np.intp)
-        self._buyers: dict[str, tuple[npt.NDArray[np.intp], list[int], int]] = {}
+        self._buy_eligible: IntpArray = np.zeros(0, dtype=np.intp)
+        self._buyers: dict[str, Buyers] = {}
         self._restrictions = NO_RESTRICTIONS
         # Per ticker with restrictions: True for the accounts that may not buy it.
         self._restricted: dict[str, npt.NDArray[np.bool_]] = {}
@@ -164,7 +194,7 @@ class Book:
         if (
             fill.side is Side.BUY
             and self._split is not None
-            and not len(self._buyers_of(fill.ticker)[0])
+            and not len(self._buyers_of(fill.ticker).indices)
         ):
             raise Rejected(
                 RejectReason.RESTRICTED,
@@ -246,10 +276,10 @@ class Book:
 
     def _largest_value(self) -> int:
         """The largest |V_i| or per-ticker |value| of any account (O(N))."""
-        arrays = [self._value, *self._ticker_value.values()]
-        return max((int(np.abs(a).max()) for a in arrays if len(a)), default=0)
+        columns = [self._value, *self._ticker_value.values()]
+        return max((int(np.abs(np.asarray(c)).max()) for c in columns if len(c)), default=0)
 
-    def _vector_safe(self, fill: Fill, measured: Measure) -> bool:
+    def _vector_safe(self, fill: Fill, measured: Measure[Column]) -> bool:
         """Whether the numpy path's int64 arithmetic is exact for this fill: the totals, one
         fill's worth of units and every account's measure below the limit (per-ticker measures
         are holdings, each at most the ticker's total)."""
@@ -273,6 +303,7 @@ class Book:
     def _cache_buy_lists(self) -> None:
         """Refresh what buys may reach (after a split, restrictions or a re-indexing)."""
         self._buy_eligible = np.flatnonzero(self._weight)
+        self._weight_list = self._weight.tolist()
         self._buyers = {}
         self._restricted = {}
         for ticker in self._tickers:
@@ -282,9 +313,8 @@ class Book:
                 mask[[self._index[a] for a in restricted if a in self._index]] = True
                 self._restricted[ticker] = mask
 
-    def _buyers_of(self, ticker: str) -> tuple[npt.NDArray[np.intp], list[int], int]:
-        """The accounts a buy of ``ticker`` may reach (index order), their weights, and the
-        longest of their names."""
+    def _buyers_of(self, ticker: str) -> Buyers:
+        """Who a buy of ``ticker`` may reach, cached until the split or restrictions change."""
         found = self._buyers.get(ticker)
         if found is None:
             eligible = self._buy_eligible
@@ -292,8 +322,15 @@ class Book:
             if mask is not None:
                 eligible = eligible[~mask[eligible]]
             longest = max((len(self._names[i]) for i in eligible), default=0)
-            found = self._buyers[ticker] = (eligible, self._weight[eligible].tolist(), longest)
+            indices: Indices = eligible.tolist() if self._on_lists else eligible
+            found = self._buyers[ticker] = Buyers(indices, self._weight[eligible].tolist(), longest)
         return found
+
+    def _holders(self, holdings: Column) -> Indices:
+        """The accounts holding some of a ticker (index order)."""
+        if isinstance(holdings, list):
+            return [i for i, held in enumerate(holdings) if held]
+        return np.flatnonzero(holdings)
 
     def receiver_bound(self, fill: Fill) -> ReceiverBound:
         """At most how many accounts ``fill``'s allocation can name if it were applied now (each
@@ -302,15 +339,16 @@ class Book:
         if self._split is None:
             return ReceiverBound(0, 0)
         if fill.side is Side.BUY:
-            buyers, _, longest = self._buyers_of(fill.ticker)
-            return ReceiverBound(min(fill.quantity, len(buyers)), longest)
+            buyers = self._buyers_of(fill.ticker)
+            return ReceiverBound(min(fill.quantity, len(buyers.indices)), buyers.longest_name)
         return ReceiverBound(min(fill.quantity, len(self._names)), self._longest_name)
 
     def _add_accounts(self, names: Iterable[str]) -> None:
         """Give new accounts zeroed state, keeping every array in account-name order.
 
         Name order makes allocations come out sorted and indices reproducible; re-indexing
-        costs O(N) but happens only when a split brings new accounts.
+        costs O(N) but happens only when a split brings new accounts. The state moves from
+        lists to arrays when the book grows past ``small_book`` accounts (it never shrinks).
         """
         new = set(names) - self._index.keys()
         if not new:
@@ -318,21 +356,27 @@ class Book:
         merged = sorted([*self._names, *new])
         index = {name: i for i, name in enumerate(merged)}
         old_positions = np.array([index[name] for name in self._names], dtype=np.intp)
+        on_lists = len(merged) <= self._small_book
 
-        def grown(array: npt.NDArray[Any]) -> npt.NDArray[Any]:
-            result = np.zeros(len(merged), dtype=array.dtype)
-            result[old_positions] = array
+        def grown(column: Any, dtype: type[Any]) -> npt.NDArray[Any]:
+            result = np.zeros(len(merged), dtype=dtype)
+            result[old_positions] = column
             return result
 
+        def grown_column(column: Any, dtype: type[Any]) -> Any:
+            result = grown(column, dtype)
+            return result.tolist() if on_lists else result
+
         new_positions = np.array([index[name] for name in new], dtype=np.intp)
-        self._account_hash = grown(self._account_hash)
+        self._account_hash = grown(self._account_hash, np.uint64)
         self._account_hash[new_positions] = [stable_hash64(name) for name in new]
-        self._value = grown(self._value)
-        self._weight = grown(self._weight)
+        self._weight = grown(self._weight, np.int64)
+        self._value = grown_column(self._value, np.int64)
         for ticker in self._tickers:
-            self._quantity[ticker] = grown(self._quantity[ticker])
-            self._ticker_value[ticker] = grown(self._ticker_value[ticker])
-            self._changed[ticker] = grown(self._changed[ticker])
+            self._quantity[ticker] = grown_column(self._quantity[ticker], np.int64)
+            self._ticker_value[ticker] = grown_column(self._ticker_value[ticker], np.int64)
+            self._changed[ticker] = grown_column(self._changed[ticker], np.bool_)
+        self._on_lists = on_lists
         self._names = merged
         self._longest_name = max(self._longest_name, *map(len, new))
         self._name_array = np.array(merged, dtype=object)
@@ -355,50 +399,47 @@ class Book:
             holdings=holdings,
             ticker_total=self._ticker_total[fill.ticker],
         )
-        buyers, buyer_weights, _ = self._buyers_of(fill.ticker)
-        eligible = buyers if buy else np.flatnonzero(holdings)
+        buyers = self._buyers_of(fill.ticker)
+        eligible = buyers.indices if buy else self._holders(holdings)
         lot = self._lot_sizes.get(fill.ticker, 1) if buy else 1
         if lot > 1:
             # Lots run on exact Python integers whatever the book's size (see controller.lots).
             scores = slot_scores(
-                buyer_weights,
-                measured.values[eligible].tolist(),
+                buyers.weights,
+                gather(measured.values, eligible),
                 measured.total_after,
                 self._weight_total,
                 buy,
             )
-            picked = np.array(
-                allocate_lots(
-                    scores,
-                    self._weight_total * measured.unit,
-                    lot,
-                    fill.quantity,
-                    self._tie_keys(fill, eligible),
-                ),
-                dtype=np.int64,
+            picked = allocate_lots(
+                scores,
+                self._weight_total * measured.unit,
+                lot,
+                fill.quantity,
+                self._tie_keys(fill, eligible),
             )
-            taken = np.flatnonzero(picked)
-            return self._apply(fill, eligible[taken], picked[taken], new_total, lot)
+            receivers, quantities = _taken(eligible, picked)
+            return self._apply(fill, receivers, quantities, new_total, lot)
         if len(eligible) <= self._small_book or not self._vector_safe(fill, measured):
-            weights = buyer_weights if buy else self._weight[eligible].tolist()
-            caps = [fill.quantity] * len(eligible) if buy else holdings[eligible].tolist()
+            weights = buyers.weights if buy else gather(self._weight_list, eligible)
+            caps = [fill.quantity] * len(eligible) if buy else gather(holdings, eligible)
             scores = slot_scores(
                 weights,
-                measured.values[eligible].tolist(),
+                gather(measured.values, eligible),
                 measured.total_after,
                 self._weight_total,
                 buy,
             )
-            receivers, quantities = self._shares_python(fill, eligible, scores, caps, measured.unit)
-        else:
-            receivers, quantities = self._shares_vector(fill, measured, buy)
-        return self._apply(fill, receivers, quantities, new_total)
+            return self._apply(
+                fill, *self._shares_python(fill, eligible, scores, caps, measured.unit), new_total
+            )
+        return self._apply(fill, *self._shares_vector(fill, measured, buy), new_total)
 
     def set_lot_sizes(self, lot_sizes: Mapping[str, int]) -> None:
         """Round lots for later buys: ticker -> lot size (absent or 1: whole shares)."""
         self._lot_sizes = dict(lot_sizes)
 
-    def _tie_keys(self, fill: Fill, indices: npt.NDArray[np.intp]) -> Callable[[int], int]:
+    def _tie_keys(self, fill: Fill, indices: Indices) -> Callable[[int], int]:
         """The documented tie key of ``indices[j]`` for this fill, computed on demand."""
         account_hash = self._account_hash
         fill_hash: list[int] = []
@@ -413,43 +454,36 @@ class Book:
     def _shares_python(
         self,
         fill: Fill,
-        indices: npt.NDArray[np.intp],
+        indices: Indices,
         scores: list[int],
         caps: list[int],
         unit: int,
-    ) -> tuple[npt.NDArray[np.intp], Int64Array]:
+    ) -> tuple[Indices, list[int]]:
         """Exact Python-integer path over a few accounts (their exact scaled scores given)."""
         # Keys are hashed only for exact ties at the remainder cut: on demand.
-        picked = np.array(
-            allocate_small(
-                scores,
-                caps,
-                self._weight_total * unit,
-                fill.quantity,
-                self._tie_keys(fill, indices),
-            ),
-            dtype=np.int64,
+        picked = allocate_small(
+            scores, caps, self._weight_total * unit, fill.quantity, self._tie_keys(fill, indices)
         )
-        taken = np.flatnonzero(picked)
-        return indices[taken], picked[taken]
+        return _taken(indices, picked)
 
     def _shares_vector(
-        self, fill: Fill, measured: Measure, buy: bool
-    ) -> tuple[npt.NDArray[np.intp], Int64Array]:
+        self, fill: Fill, measured: Measure[Column], buy: bool
+    ) -> tuple[Indices, list[int] | Int64Array]:
         """numpy path for large books; the exact search runs on the accounts that can win.
         The slot scores of ``slot_scores``, split as S * head + frac to stay inside int64.
         Arrays are over the accounts that can take a share (``live``), gathered only when
-        those are not all of them."""
+        those are not all of them. Only a book past ``small_book`` accounts comes here, so its
+        state is in arrays already."""
         scale = self._weight_total
-        holdings = self._quantity[fill.ticker]
-        live = self._buyers_of(fill.ticker)[0] if buy else np.flatnonzero(holdings)
+        holdings = np.asarray(self._quantity[fill.ticker])
+        live = np.asarray(self._buyers_of(fill.ticker).indices if buy else self._holders(holdings))
         everyone = len(live) == len(self._weight)
 
         def of_live(array: npt.NDArray[Any]) -> npt.NDArray[Any]:
             return array if everyone else array[live]
 
         weights = of_live(self._weight)
-        values = of_live(measured.values)
+        values = of_live(np.asarray(measured.values))
         hashes = of_live(self._account_hash)
         caps = np.full(len(live), fill.quantity, dtype=np.int64) if buy else of_live(holdings)
         # p_i * M' = S * q_i + r_i computed without overflow via M' = A * S + B.
@@ -494,17 +528,42 @@ class Book:
     def _apply(
         self,
         fill: Fill,
-        receivers: npt.NDArray[np.intp],
-        quantities: Int64Array,
+        receivers: Indices,
+        quantities: list[int] | Int64Array,
         new_total: int,
         lot_size: int = 1,
     ) -> Allocation:
-        signed = quantities if fill.side is Side.BUY else -quantities
-        self._value[receivers] += signed * fill.price
-        self._quantity[fill.ticker][receivers] += signed
-        self._ticker_value[fill.ticker][receivers] += signed * fill.price
-        self._ticker_total[fill.ticker] += int(signed.sum())
-        self._changed[fill.ticker][receivers] = True
+        ticker = fill.ticker
+        value, holdings = self._value, self._quantity[ticker]
+        ticker_value, changed = self._ticker_value[ticker], self._changed[ticker]
+        price = fill.price if fill.side is Side.BUY else -fill.price
+        if isinstance(value, list):
+            assert isinstance(holdings, list) and isinstance(ticker_value, list)
+            assert isinstance(changed, list) and isinstance(quantities, list)
+            sign = 1 if fill.side is Side.BUY else -1
+            for i, quantity in zip(receivers, quantities, strict=True):
+                amount = quantity * price
+                value[i] += amount
+                ticker_value[i] += amount
+                holdings[i] += sign * quantity
+                changed[i] = True
+            self._ticker_total[ticker] += sign * sum(quantities)
+            names = self._names
+            accounts = tuple([names[i] for i in receivers])
+            shares = tuple(quantities)
+        else:
+            assert isinstance(holdings, np.ndarray) and isinstance(ticker_value, np.ndarray)
+            at = np.asarray(receivers, dtype=np.intp)
+            shares = tuple(quantities if isinstance(quantities, list) else quantities.tolist())
+            signed = np.asarray(quantities, dtype=np.int64)
+            if fill.side is Side.SELL:
+                signed = -signed
+            value[at] += signed * fill.price
+            holdings[at] += signed
+            ticker_value[at] += signed * fill.price
+            self._ticker_total[ticker] += int(signed.sum())
+            changed[at] = True
+            accounts = tuple(self._name_array[at].tolist())
         self._total = new_total
         self._value_bound += fill.value
         self._fill_count += 1
@@ -513,8 +572,8 @@ class Book:
         return Allocation(
             fill=fill,
             split_id=self._split.split_id,
-            accounts=tuple(self._name_array[receivers].tolist()),
-            quantities=tuple(quantities.tolist()),
+            accounts=accounts,
+            quantities=shares,
             lot_size=lot_size,
         )
 
@@ -524,21 +583,27 @@ class Book:
         changed = []
         for ticker in self._tickers:
             flags = self._changed[ticker]
-            indices = np.flatnonzero(flags)
-            if len(indices):
+            if isinstance(flags, list):
+                names = [self._names[i] for i, flag in enumerate(flags) if flag]
+                self._changed[ticker] = [False] * len(flags)
+            else:
+                indices = np.flatnonzero(flags)
                 flags[indices] = False
-                changed.append((ticker, self._name_array[indices].tolist()))
+                names = self._name_array[indices].tolist()
+            if names:
+                changed.append((ticker, names))
         return changed
 
     def positions_of(self, ticker: str, accounts: Iterable[str]) -> list[PositionRow]:
         """The current positions of ``accounts`` (known to the book) in ``ticker``."""
-        indices = np.array([self._index[name] for name in accounts], dtype=np.intp)
+        names = list(accounts)
+        indices = [self._index[name] for name in names]
         return [
             PositionRow(name, ticker, quantity, value)
             for name, quantity, value in zip(
-                self._name_array[indices].tolist(),
-                self._quantity[ticker][indices].tolist(),
-                self._ticker_value[ticker][indices].tolist(),
+                names,
+                gather(self._quantity[ticker], indices),
+                gather(self._ticker_value[ticker], indices),
                 strict=True,
             )
         ]
@@ -592,9 +657,9 @@ class Book:
             weight_total=self._weight_total,
             names=self._names,
             weights=self._weight.copy(),
-            values=self._value.copy(),
-            quantities={t: q.copy() for t, q in self._quantity.items()},
-            ticker_values={t: v.copy() for t, v in self._ticker_value.items()},
+            values=np.array(self._value, dtype=np.int64),
+            quantities={t: np.array(q, dtype=np.int64) for t, q in self._quantity.items()},
+            ticker_values={t: np.array(v, dtype=np.int64) for t, v in self._ticker_value.items()},
             ticker_totals=dict(self._ticker_total),
             last_prices=dict(self._last_price),
             restricted={
@@ -602,3 +667,12 @@ class Book:
                 for account, tickers in self._restrictions.accounts.items()
             },
         )
+
+
+def _taken(indices: Indices, picked: list[int]) -> tuple[Indices, list[int]]:
+    """The accounts of ``indices`` given shares by ``picked`` (per position), and their shares."""
+    positions = [j for j, shares in enumerate(picked) if shares]
+    quantities = [picked[j] for j in positions]
+    if isinstance(indices, list):
+        return [indices[j] for j in positions], quantities
+    return indices[positions], quantities

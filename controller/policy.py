@@ -18,11 +18,10 @@ fill. A policy only says what m, u and M' are; the water-filling core (``control
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
-import numpy as np
-import numpy.typing as npt
-
-Int64Array = npt.NDArray[np.int64]
+# A per-account column as the book stores it: a list while the book is small, an array after.
+Column = TypeVar("Column")
 
 TOTAL_VALUE = "total-value"
 PER_TICKER = "per-ticker"
@@ -30,10 +29,10 @@ POLICIES = (TOTAL_VALUE, PER_TICKER)
 
 
 @dataclass(frozen=True, slots=True)
-class Measure:
+class Measure(Generic[Column]):
     """What one fill is allocated against."""
 
-    values: Int64Array
+    values: Column
     """Every account's measure before the fill (indexed like the book's accounts)."""
     total_after: int
     """The book's total measure after the fill."""
@@ -47,11 +46,11 @@ def measure(
     buy: bool,
     price: int,
     quantity: int,
-    values: Int64Array,
+    values: Column,
     total_value_after: int,
-    holdings: Int64Array,
+    holdings: Column,
     ticker_total: int,
-) -> Measure:
+) -> Measure[Column]:
     """The measure of a fill under ``policy``, from the book's cost values and total after the
     fill, and its holdings and total of the fill's ticker before it."""
     if policy == TOTAL_VALUE:

@@ -89,8 +89,9 @@ def allocate_small(
 
 def _uncapped_small(
     scores: Sequence[int], free: Sequence[int], step: int, q: int, key_of: Callable[[int], int]
-) -> dict[int, int]:
-    """Uncapped water-filling over ``free``: continuous threshold, floors, then remainders."""
+) -> list[int]:
+    """Uncapped water-filling over ``free``: continuous threshold, floors, then remainders
+    (shares indexed like ``scores``; 0 outside ``free``)."""
     # Order among equal scores does not move the threshold, so no tie key is needed here.
     order = sorted(free, key=scores.__getitem__, reverse=True)
     budget = step * q
@@ -106,7 +107,7 @@ def _uncapped_small(
     # Threshold t = numerator / active; each active account takes floor((score - t) / step).
     numerator = active_sum - budget
     divisor = active * step
-    shares = dict.fromkeys(free, 0)
+    shares = [0] * len(scores)
     given = 0
     for i in order[:active]:
         taken = (active * scores[i] - numerator) // divisor
@@ -124,13 +125,15 @@ def _uncapped_small(
                 break
             contenders.append(i)
         # Smaller is better: the negated residual slot of each account.
-        behind = {i: step * shares[i] - scores[i] for i in contenders}
-        by_residual = sorted(contenders, key=behind.__getitem__)
-        cut = behind[by_residual[leftover - 1]]
-        winners = [i for i in by_residual[:leftover] if behind[i] < cut]
-        # Equal keys (never, short of a hash collision) fall back to account order.
-        tied = sorted((i for i in by_residual if behind[i] == cut), key=lambda i: (key_of(i), i))
-        for i in winners + tied[: leftover - len(winners)]:
+        behind = [step * shares[i] - scores[i] for i in contenders]
+        cut = sorted(behind)[leftover - 1]
+        winners = [i for i, slot in zip(contenders, behind, strict=True) if slot < cut]
+        tied = [i for i, slot in zip(contenders, behind, strict=True) if slot == cut]
+        wanted = leftover - len(winners)
+        if len(tied) > wanted:
+            # Equal keys (never, short of a hash collision) fall back to account order.
+            tied.sort(key=lambda i: (key_of(i), i))
+        for i in winners + tied[:wanted]:
             shares[i] += 1
     return shares
 

@@ -280,6 +280,25 @@ def test_same_events_give_byte_identical_state(sequence: list[Fill | Split]) -> 
     assert state() == state()
 
 
+@settings(max_examples=100, deadline=None)
+@given(sequence=events(max_events=30, restricted=True))
+def test_a_book_moving_from_lists_to_arrays_as_it_grows_keeps_its_state(
+    sequence: list[Event],
+) -> None:
+    """A book of at most ``small_book`` accounts keeps its state in lists, and moves it to
+    arrays when a split brings more: allocations, changed positions and the snapshot are those
+    of a book that kept arrays throughout."""
+
+    def state(small_book: int) -> str:
+        book = Book(TICKERS, small_book=small_book, python_candidates=10**9)
+        allocations = run(book, sequence)
+        changed = sorted((t, sorted(a)) for t, a in book.take_changed())
+        accounts = [asdict(a) for a in book.snapshot().accounts]
+        return json.dumps([accounts, [asdict(a) for a in allocations], changed], default=str)
+
+    assert state(small_book=3) == state(small_book=0)
+
+
 def split_of(**percents: int) -> Split:
     return Split(split_id="s", percents={k: v * 1_000_000 for k, v in percents.items()})
 
