@@ -134,9 +134,20 @@ def deliver(
     return Delivery()
 
 
-def _lower_priority() -> None:
-    """Worker initialiser: on a busy machine the writer's core time matters more."""
+def _prepare_worker() -> None:
+    """Worker initialiser. A lower priority: on a busy machine the writer's core time matters
+    more. And the worker exits with the controller: after a kill -9 nothing else would end it
+    (it holds both ends of its own task pipe, so it never reads end-of-file)."""
     os.nice(10)
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        watch = threading.Thread(target=_exit_after, args=(parent,), daemon=True)
+        watch.start()
+
+
+def _exit_after(parent: multiprocessing.process.BaseProcess) -> None:
+    parent.join()
+    os._exit(1)
 
 
 class Reporter:
@@ -182,7 +193,7 @@ class Reporter:
         spawn = multiprocessing.get_context("spawn")
 
         def new_worker() -> ProcessPoolExecutor:
-            return ProcessPoolExecutor(1, mp_context=spawn, initializer=_lower_priority)
+            return ProcessPoolExecutor(1, mp_context=spawn, initializer=_prepare_worker)
 
         worker = new_worker()
         try:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import select
 import signal
 import urllib.request
+from pathlib import Path
 
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -35,6 +38,27 @@ def start_controller(backend: JournalBackend, programs: list[Program], *options:
     programs.append(program)
     program.wait_for(backend.ready)
     return program
+
+
+def children_of(pid: int) -> list[int]:
+    """The live child processes of ``pid`` (Linux)."""
+    return [
+        int(child)
+        for task in Path(f"/proc/{pid}/task").iterdir()
+        for child in (task / "children").read_text().split()
+    ]
+
+
+def exits_within(pid: int, seconds: float) -> bool:
+    """Whether process ``pid`` (not our child) has exited or exits within ``seconds``."""
+    try:
+        handle = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        return bool(select.select([handle], [], [], seconds)[0])
+    finally:
+        os.close(handle)
 
 
 def snapshot(
@@ -87,8 +111,12 @@ def test_kill_9_and_restart_keeps_every_acknowledged_fill_exactly_once(
     ).report.sequence
     assert report_sequence > 0
     channel.close()
+    # The report worker (and multiprocessing's resource tracker) must not outlive a kill -9.
+    helpers = children_of(first.process.pid)
+    assert helpers
     first.process.send_signal(signal.SIGKILL)
     first.process.wait(10)
+    assert all(exits_within(pid, 10) for pid in helpers)
 
     metrics_port = free_port()
     second = start_controller(journal_backend, programs, f"--metrics-port={metrics_port}")
