@@ -49,8 +49,10 @@ WAL_CHECKPOINT_SECONDS = 1.0
 # (positions.as_of); version 3 the time each fill and split was journaled (recorded_ns), which
 # the audit tool's time ranges use. Older journals are upgraded in place (their earlier rows
 # have no recorded time); version 4 the restricted lists (restrictions) and the round lot
-# each buy was allocated in (fills.lot_size).
-SCHEMA_VERSION = 4
+# each buy was allocated in (fills.lot_size); version 5 keys fills by their sequence (a rowid
+# table, so each commit appends) with the fill id a unique index: keyed by fill id, every insert
+# went to a random place in a tree of whole rows, 27 us per 100-receiver row instead of 11.
+SCHEMA_VERSION = 5
 
 
 class JournalLock:
@@ -79,10 +81,10 @@ class JournalLock:
         self._file.close()
 
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS fills (
-    fill_id TEXT PRIMARY KEY,
-    sequence INTEGER NOT NULL,
+_FILLS = """
+CREATE TABLE {table} (
+    sequence INTEGER PRIMARY KEY,
+    fill_id TEXT NOT NULL UNIQUE,
     ticker TEXT NOT NULL,
     price INTEGER NOT NULL,
     quantity INTEGER NOT NULL,
@@ -94,9 +96,16 @@ CREATE TABLE IF NOT EXISTS fills (
     allocated_sequence INTEGER,
     recorded_ns INTEGER,
     lot_size INTEGER
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS fills_pending ON fills (sequence) WHERE split_id IS NULL;
-CREATE INDEX IF NOT EXISTS fills_allocated ON fills (allocated_sequence);
+);
+"""
+_FILL_INDEXES = """
+CREATE INDEX fills_pending ON fills (sequence) WHERE split_id IS NULL;
+CREATE INDEX fills_allocated ON fills (allocated_sequence);
+"""
+_SCHEMA = (
+    _FILLS.format(table="fills")
+    + _FILL_INDEXES
+    + """
 CREATE TABLE IF NOT EXISTS splits (
     sequence INTEGER PRIMARY KEY,
     split_id TEXT NOT NULL UNIQUE,
@@ -121,14 +130,26 @@ CREATE TABLE IF NOT EXISTS restrictions (
 CREATE TABLE IF NOT EXISTS last_prices (ticker TEXT PRIMARY KEY, price INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
+)
 # Identity of the journal, made once: reports carry it so that their sequences are compared only
 # with reports of the same journal.
 _META = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 INSERT OR IGNORE INTO meta (name, value) VALUES ('journal_id', '{journal_id}');
 """
-# Version 1 checkpointed every row at once, as of checkpoint_sequence.
-_UPGRADE_FROM_3 = """
+# Version 4 kept fills keyed by fill id: rebuilt in sequence order.
+_UPGRADE_FROM_4 = (
+    _FILLS.format(table="fills_by_sequence")
+    + f"""
+INSERT INTO fills_by_sequence ({FILL_COLUMNS}, recorded_ns)
+    SELECT {FILL_COLUMNS}, recorded_ns FROM fills ORDER BY sequence;
+DROP TABLE fills;
+ALTER TABLE fills_by_sequence RENAME TO fills;
+"""
+    + _FILL_INDEXES
+)
+_UPGRADE_FROM_3 = (
+    """
 ALTER TABLE fills ADD COLUMN lot_size INTEGER;
 CREATE TABLE IF NOT EXISTS restrictions (
     sequence INTEGER PRIMARY KEY,
@@ -137,6 +158,8 @@ CREATE TABLE IF NOT EXISTS restrictions (
     recorded_ns INTEGER
 );
 """
+    + _UPGRADE_FROM_4
+)
 _UPGRADE_FROM_2 = (
     """
 ALTER TABLE fills ADD COLUMN recorded_ns INTEGER;
@@ -144,6 +167,7 @@ ALTER TABLE splits ADD COLUMN recorded_ns INTEGER;
 """
     + _UPGRADE_FROM_3
 )
+# Version 1 checkpointed every row at once, as of checkpoint_sequence.
 _UPGRADE_FROM_1 = (
     """
 ALTER TABLE positions ADD COLUMN as_of INTEGER NOT NULL DEFAULT 0;
@@ -152,7 +176,13 @@ UPDATE positions SET as_of = coalesce(
 """
     + _UPGRADE_FROM_2
 )
-_SCRIPTS = {0: _SCHEMA, 1: _UPGRADE_FROM_1, 2: _UPGRADE_FROM_2, 3: _UPGRADE_FROM_3}
+_SCRIPTS = {
+    0: _SCHEMA,
+    1: _UPGRADE_FROM_1,
+    2: _UPGRADE_FROM_2,
+    3: _UPGRADE_FROM_3,
+    4: _UPGRADE_FROM_4,
+}
 
 
 class SqliteJournal:

@@ -168,6 +168,46 @@ def test_a_version_1_journal_is_upgraded_and_recovers_the_same_book(tmp_path: Pa
     assert SqliteJournal(db).journal_id == upgraded.journal_id
 
 
+def test_a_version_4_journal_keyed_by_fill_id_is_rebuilt_and_recovers_the_same_book(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "journal.db"
+    written = SqliteJournal(db, synchronous="NORMAL")
+    writer = Sequencer(Book(TICKERS), written, checkpoint_interval=0.0)
+    writer.start()
+    apply(writer, events())
+    expected = writer.snapshot()[0]
+    writer.stop()
+    written.close()
+    with sqlite3.connect(db) as raw:
+        stored = raw.execute("SELECT * FROM fills ORDER BY sequence").fetchall()
+        columns = [c[1] for c in raw.execute("PRAGMA table_info(fills)")]
+        # What version 4 stored: the same rows, in a table keyed by fill id.
+        raw.executescript(
+            "CREATE TABLE v4 (fill_id TEXT PRIMARY KEY, sequence INTEGER NOT NULL, ticker TEXT"
+            " NOT NULL, price INTEGER NOT NULL, quantity INTEGER NOT NULL, sell INTEGER NOT NULL,"
+            " execute_time_ns INTEGER, split_id TEXT, accounts TEXT, quantities TEXT,"
+            " allocated_sequence INTEGER, recorded_ns INTEGER, lot_size INTEGER) WITHOUT ROWID;"
+            f" INSERT INTO v4 ({', '.join(columns)}) SELECT * FROM fills; DROP TABLE fills;"
+            " ALTER TABLE v4 RENAME TO fills; PRAGMA user_version=4;"
+        )
+    upgraded = SqliteJournal(db, synchronous="NORMAL")
+    reader = Sequencer(Book(TICKERS), upgraded)
+    reader.start()
+    assert reader.snapshot()[0] == expected
+    some = stored[len(stored) // 2]
+    assert reader.lookup(some[columns.index("fill_id")]) is not None
+    reader.stop()
+    upgraded.close()
+    with sqlite3.connect(db) as raw:
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == 5
+        assert raw.execute("SELECT * FROM fills ORDER BY sequence").fetchall() == stored
+        assert (
+            "WITHOUT ROWID"
+            not in raw.execute("SELECT sql FROM sqlite_master WHERE name = 'fills'").fetchone()[0]
+        )
+
+
 @both_backends
 @pytest.mark.parametrize("rows", [1, 3, 2_000])
 def test_recovery_is_exact_at_every_crash_point_while_checkpoints_are_spread(
