@@ -49,6 +49,7 @@ from controller.waterfill import (
     allocate_vector,
     mix64,
     mix64_array,
+    one_share_each,
     smallest_by,
     stable_hash64,
 )
@@ -518,6 +519,8 @@ class Book:
             live, head, frac, caps, hashes = (
                 live[best], head[best], frac[best], caps[best], hashes[best]
             )  # fmt: skip
+        if len(live) == fill.quantity and one_share_each(head, frac, measured.unit):
+            return live, np.ones(len(live), dtype=np.int64)
         if len(live) <= self._python_candidates:
             scores = [scale * h + r for h, r in zip(head.tolist(), frac.tolist(), strict=True)]
             return self._shares_python(fill, live, scores, caps.tolist(), measured.unit)

@@ -206,6 +206,16 @@ def allocate_vector(
     return result
 
 
+def one_share_each(head: Int64Array, frac: Int64Array, step: int) -> bool:
+    """Whether every account's first slot ``(head_i, frac_i)`` beats every second slot
+    ``(head_j - step, frac_j)``: then, with as many shares as accounts (all caps >= 1), each
+    takes one, as ``allocate_small``'s and ``allocate_vector``'s full search would find."""
+    top, bottom = int(head.max()), int(head.min())
+    if top - step != bottom:
+        return top - step < bottom
+    return int(frac[head == top].max()) < int(frac[head == bottom].min())
+
+
 def smallest_by(
     size: int,
     count: int,

@@ -79,18 +79,19 @@ Event = Fill | Split | Restrictions
 
 
 def run(book: Book, sequence: Sequence[Event]) -> list[Allocation]:
-    """Apply events, skipping fills the book rejects (they must change nothing)."""
+    """Apply events, skipping those the book rejects (they must change nothing): fills, and
+    splits that would leave a pending buy no account may receive."""
     out: list[Allocation] = []
     for event in sequence:
-        if isinstance(event, Restrictions):
-            book.set_restrictions(event)
-        elif isinstance(event, Split):
-            out.extend(book.set_split(event))
-        else:
-            try:
+        try:
+            if isinstance(event, Restrictions):
+                book.set_restrictions(event)
+            elif isinstance(event, Split):
+                out.extend(book.set_split(event))
+            else:
                 out.append(book.submit(event))
-            except Rejected:
-                continue
+        except Rejected:
+            continue
     return out
 
 
