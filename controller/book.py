@@ -344,6 +344,11 @@ class Book:
             return ReceiverBound(min(fill.quantity, len(buyers.indices)), buyers.longest_name)
         return ReceiverBound(min(fill.quantity, len(self._names)), self._longest_name)
 
+    def receiver_ceiling(self) -> ReceiverBound:
+        """What bounds every allocation, past or future: all the book's accounts (accounts are
+        never removed) and the longest of their names."""
+        return ReceiverBound(len(self._names), self._longest_name)
+
     def _add_accounts(self, names: Iterable[str]) -> None:
         """Give new accounts zeroed state, keeping every array in account-name order.
 

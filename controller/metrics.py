@@ -14,9 +14,11 @@ SPLITS = Counter(
     "Splits received, by outcome and rejection reason.",
     ["outcome", "reason"],
 )
+# Observed per message, not per fill: a per-fill observation cost 2 % of a fill at 10 accounts.
 ALLOCATION_SECONDS = Histogram(
     "allocation_engine_seconds",
-    "Time the engine spends allocating one fill.",
+    "Time the engine spends allocating the fills of one message (one StreamFills message or"
+    " one SubmitFill).",
     buckets=(1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0),
 )
 JOURNAL_COMMIT_SECONDS = Histogram(

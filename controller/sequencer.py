@@ -347,11 +347,15 @@ class Sequencer:
         fill_ids = {item.fill_id for item in items if isinstance(item, Fill)}
         known = {i: self._recent[i] for i in fill_ids if i in self._recent}
         known.update(self._journal.find_fills(fill_ids - known.keys()))
-        if admit is not None:
+        # Bounded by the whole book first (every receiver is one of its accounts): the exact
+        # bound per fill is only needed when that one could be too large.
+        ceiling = self._book.receiver_ceiling()
+        if admit is not None and admit([(item, ceiling) for item in items]) is not None:
             refusal = admit([(item, self._receiver_bound(item, known)) for item in items])
             if refusal is not None:
                 raise refusal
         outcomes = []
+        started = time.perf_counter()
         for item in items:
             if isinstance(item, Rejected):
                 outcomes.append(FillOutcome(rejection=item))
@@ -360,17 +364,16 @@ class Sequencer:
             if stored is not None:
                 outcomes.append(self._repeat(item, stored))
                 continue
-            started = time.perf_counter()
             try:
                 allocation = self._book.submit(item)
             except Rejected as rejected:
                 outcomes.append(FillOutcome(rejection=rejected))
                 continue
-            ALLOCATION_SECONDS.observe(time.perf_counter() - started)
             stored = StoredFill(self._take_sequence(), allocation)
             batch.new_fills.append(stored)
             known[item.fill_id] = self._recent[item.fill_id] = stored
             outcomes.append(FillOutcome(stored=stored))
+        ALLOCATION_SECONDS.observe(time.perf_counter() - started)
         return outcomes
 
     def _receiver_bound(self, item: Fill | Rejected, known: dict[str, StoredFill]) -> ReceiverBound:

@@ -97,6 +97,19 @@ def test_a_message_whose_acknowledgement_could_exceed_4_mib_is_refused_whole(
     assert all(r.WhichOneof("outcome") == "duplicate" for r in again.batch.results)
 
 
+def test_small_fills_in_a_large_book_are_admitted_though_each_could_reach_every_account(
+    controller: RunningController,
+) -> None:
+    """Were each of 300 fills to reach all 5,000 accounts, the acknowledgement would take
+    tens of MB; with one share each it takes a few KB, so the message goes through."""
+    controller.stub.SetAumSplit(split_request(equal_split(5_000)))
+    batch = [fill(f"narrow-{n}", quantity=1) for n in range(300)]
+    request = controller_service_pb2.StreamFillsRequest(fills=batch)
+    response = next(iter(controller.stub.StreamFills(iter([request]))))
+    assert response.WhichOneof("outcome") == "batch"
+    assert [len(r.allocation.allocations) for r in response.batch.results] == [1] * 300
+
+
 def test_a_split_whose_full_allocation_could_not_fit_a_response_is_refused(
     controller: RunningController,
 ) -> None:
