@@ -18,6 +18,7 @@ from controller.journal_sqlite import SqliteJournal
 from controller.leadership import LeaderLease
 from controller.policy import PER_TICKER, TOTAL_VALUE
 from controller.sequencer import Sequencer, SequencerStopped
+from controller.snapshot import BookSnapshot
 from tests.conftest import ROOT, JournalBackend, both_backends
 from tests.strategies import TICKERS
 
@@ -139,8 +140,8 @@ def test_a_postgresql_database_holding_other_tables_is_not_taken_for_a_journal(
         PostgresJournal(target, epoch=1)
 
 
-def test_a_version_1_journal_is_upgraded_and_recovers_the_same_book(tmp_path: Path) -> None:
-    db = tmp_path / "journal.db"
+def journal_of_events(db: Path) -> BookSnapshot:
+    """Write ``events()`` to a new SQLite journal at ``db``; the book they made."""
     written = SqliteJournal(db, synchronous="NORMAL")
     writer = Sequencer(Book(TICKERS), written, checkpoint_interval=0.0)
     writer.start()
@@ -148,6 +149,12 @@ def test_a_version_1_journal_is_upgraded_and_recovers_the_same_book(tmp_path: Pa
     expected = writer.snapshot()[0]
     writer.stop()
     written.close()
+    return expected
+
+
+def test_a_version_1_journal_is_upgraded_and_recovers_the_same_book(tmp_path: Path) -> None:
+    db = tmp_path / "journal.db"
+    expected = journal_of_events(db)
     # What version 1 wrote: no journal identity, positions all as of checkpoint_sequence,
     # no recorded times, no restricted lists or lots.
     with sqlite3.connect(db) as raw:
@@ -172,13 +179,7 @@ def test_a_version_4_journal_keyed_by_fill_id_is_rebuilt_and_recovers_the_same_b
     tmp_path: Path,
 ) -> None:
     db = tmp_path / "journal.db"
-    written = SqliteJournal(db, synchronous="NORMAL")
-    writer = Sequencer(Book(TICKERS), written, checkpoint_interval=0.0)
-    writer.start()
-    apply(writer, events())
-    expected = writer.snapshot()[0]
-    writer.stop()
-    written.close()
+    expected = journal_of_events(db)
     with sqlite3.connect(db) as raw:
         stored = raw.execute("SELECT * FROM fills ORDER BY sequence").fetchall()
         columns = [c[1] for c in raw.execute("PRAGMA table_info(fills)")]
