@@ -96,6 +96,13 @@ def gather(column: Column, indices: Indices) -> list[int]:
     return values
 
 
+def holders(holdings: Column) -> Indices:
+    """The accounts holding some of a ticker (index order)."""
+    if isinstance(holdings, list):
+        return [i for i, held in enumerate(holdings) if held]
+    return np.flatnonzero(holdings)
+
+
 class Buyers(NamedTuple):
     """The accounts a buy of one ticker may reach (index order), their weights, and the longest
     of their names."""
@@ -327,12 +334,6 @@ class Book:
             found = self._buyers[ticker] = Buyers(indices, self._weight[eligible].tolist(), longest)
         return found
 
-    def _holders(self, holdings: Column) -> Indices:
-        """The accounts holding some of a ticker (index order)."""
-        if isinstance(holdings, list):
-            return [i for i, held in enumerate(holdings) if held]
-        return np.flatnonzero(holdings)
-
     def receiver_bound(self, fill: Fill) -> ReceiverBound:
         """At most how many accounts ``fill``'s allocation can name if it were applied now (each
         receiver gets at least one share), and the longest name among them: what bounds the
@@ -406,7 +407,7 @@ class Book:
             ticker_total=self._ticker_total[fill.ticker],
         )
         buyers = self._buyers_of(fill.ticker)
-        eligible = buyers.indices if buy else self._holders(holdings)
+        eligible = buyers.indices if buy else holders(holdings)
         lot = self._lot_sizes.get(fill.ticker, 1) if buy else 1
         if lot > 1:
             # Lots run on exact Python integers whatever the book's size (see controller.lots).
@@ -482,7 +483,7 @@ class Book:
         state is in arrays already."""
         scale = self._weight_total
         holdings = np.asarray(self._quantity[fill.ticker])
-        live = np.asarray(self._buyers_of(fill.ticker).indices if buy else self._holders(holdings))
+        live = np.asarray(self._buyers_of(fill.ticker).indices if buy else holders(holdings))
         everyone = len(live) == len(self._weight)
 
         def of_live(array: npt.NDArray[Any]) -> npt.NDArray[Any]:
@@ -544,11 +545,11 @@ class Book:
         ticker = fill.ticker
         value, holdings = self._value, self._quantity[ticker]
         ticker_value, changed = self._ticker_value[ticker], self._changed[ticker]
-        price = fill.price if fill.side is Side.BUY else -fill.price
+        sign = 1 if fill.side is Side.BUY else -1
+        price = sign * fill.price
         if isinstance(value, list):
             assert isinstance(holdings, list) and isinstance(ticker_value, list)
             assert isinstance(changed, list) and isinstance(quantities, list)
-            sign = 1 if fill.side is Side.BUY else -1
             for i, quantity in zip(receivers, quantities, strict=True):
                 amount = quantity * price
                 value[i] += amount
@@ -563,12 +564,11 @@ class Book:
             assert isinstance(holdings, np.ndarray) and isinstance(ticker_value, np.ndarray)
             at = np.asarray(receivers, dtype=np.intp)
             shares = tuple(quantities if isinstance(quantities, list) else quantities.tolist())
-            signed = np.asarray(quantities, dtype=np.int64)
-            if fill.side is Side.SELL:
-                signed = -signed
-            value[at] += signed * fill.price
+            signed = sign * np.asarray(quantities, dtype=np.int64)
+            amounts = signed * fill.price
+            value[at] += amounts
             holdings[at] += signed
-            ticker_value[at] += signed * fill.price
+            ticker_value[at] += amounts
             self._ticker_total[ticker] += int(signed.sum())
             changed[at] = True
             accounts = tuple(self._name_array[at].tolist())

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 # A per-account column as the book stores it: a list while the book is small, an array after.
-Column = TypeVar("Column")
+Values = TypeVar("Values")
 
 TOTAL_VALUE = "total-value"
 PER_TICKER = "per-ticker"
@@ -29,10 +29,10 @@ POLICIES = (TOTAL_VALUE, PER_TICKER)
 
 
 @dataclass(frozen=True, slots=True)
-class Measure(Generic[Column]):
+class Measure(Generic[Values]):
     """What one fill is allocated against."""
 
-    values: Column
+    values: Values
     """Every account's measure before the fill (indexed like the book's accounts)."""
     total_after: int
     """The book's total measure after the fill."""
@@ -46,11 +46,11 @@ def measure(
     buy: bool,
     price: int,
     quantity: int,
-    values: Column,
+    values: Values,
     total_value_after: int,
-    holdings: Column,
+    holdings: Values,
     ticker_total: int,
-) -> Measure[Column]:
+) -> Measure[Values]:
     """The measure of a fill under ``policy``, from the book's cost values and total after the
     fill, and its holdings and total of the fill's ticker before it."""
     if policy == TOTAL_VALUE:
