@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import compress
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -46,6 +47,7 @@ from controller.waterfill import (
     Int64Array,
     UInt64Array,
     allocate_small,
+    allocate_uncapped,
     allocate_vector,
     mix64,
     mix64_array,
@@ -429,7 +431,7 @@ class Book:
             return self._apply(fill, receivers, quantities, new_total, lot)
         if len(eligible) <= self._small_book or not self._vector_safe(fill, measured):
             weights = buyers.weights if buy else gather(self._weight_list, eligible)
-            caps = [fill.quantity] * len(eligible) if buy else gather(holdings, eligible)
+            caps = None if buy else gather(holdings, eligible)
             scores = slot_scores(
                 weights,
                 gather(measured.values, eligible),
@@ -463,13 +465,18 @@ class Book:
         fill: Fill,
         indices: Indices,
         scores: list[int],
-        caps: list[int],
+        caps: list[int] | None,
         unit: int,
     ) -> tuple[Indices, list[int]]:
-        """Exact Python-integer path over a few accounts (their exact scaled scores given)."""
+        """Exact Python-integer path over a few accounts (their exact scaled scores given);
+        ``caps`` None when no account is capped below the fill's quantity (a buy)."""
+        step = self._weight_total * unit
         # Keys are hashed only for exact ties at the remainder cut: on demand.
-        picked = allocate_small(
-            scores, caps, self._weight_total * unit, fill.quantity, self._tie_keys(fill, indices)
+        key_of = self._tie_keys(fill, indices)
+        picked = (
+            allocate_uncapped(scores, step, fill.quantity, key_of)
+            if caps is None
+            else allocate_small(scores, caps, step, fill.quantity, key_of)
         )
         return _taken(indices, picked)
 
@@ -529,7 +536,8 @@ class Book:
             return live, np.ones(len(live), dtype=np.int64)
         if len(live) <= self._python_candidates:
             scores = [scale * h + r for h, r in zip(head.tolist(), frac.tolist(), strict=True)]
-            return self._shares_python(fill, live, scores, caps.tolist(), measured.unit)
+            capped = None if buy else caps.tolist()
+            return self._shares_python(fill, live, scores, capped, measured.unit)
         shares = allocate_vector(head, frac, caps, measured.unit, fill.quantity, keys_in(hashes))
         taken = np.flatnonzero(shares)
         return live[taken], shares[taken]
@@ -557,8 +565,7 @@ class Book:
                 holdings[i] += sign * quantity
                 changed[i] = True
             self._ticker_total[ticker] += sign * sum(quantities)
-            names = self._names
-            accounts = tuple([names[i] for i in receivers])
+            accounts = tuple(map(self._names.__getitem__, receivers))
             shares = tuple(quantities)
         else:
             assert isinstance(holdings, np.ndarray) and isinstance(ticker_value, np.ndarray)
@@ -679,8 +686,7 @@ class Book:
 
 def _taken(indices: Indices, picked: list[int]) -> tuple[Indices, list[int]]:
     """The accounts of ``indices`` given shares by ``picked`` (per position), and their shares."""
-    positions = [j for j, shares in enumerate(picked) if shares]
-    quantities = [picked[j] for j in positions]
+    quantities = [shares for shares in picked if shares]
     if isinstance(indices, list):
-        return [indices[j] for j in positions], quantities
-    return indices[positions], quantities
+        return list(compress(indices, picked)), quantities
+    return indices[[j for j, shares in enumerate(picked) if shares]], quantities

@@ -87,6 +87,26 @@ def allocate_small(
     return shares
 
 
+def allocate_uncapped(
+    scores: Sequence[int], step: int, q: int, key_of: Callable[[int], int]
+) -> list[int]:
+    """``allocate_small`` when no account is capped below ``q`` (a buy): the same answer.
+
+    Usually every account is above the threshold they set together (a fill larger than the
+    book's imbalance); then no ordering is needed, only the floors and the remainder.
+    """
+    count = len(scores)
+    numerator = sum(scores) - step * q
+    if count * min(scores) <= numerator:
+        return _uncapped_small(scores, range(count), step, q, key_of)
+    divisor = count * step
+    shares = [(count * score - numerator) // divisor for score in scores]
+    leftover = q - sum(shares)
+    if leftover:
+        _give_remainder(scores, shares, step, range(count), leftover, key_of)
+    return shares
+
+
 def _uncapped_small(
     scores: Sequence[int], free: Sequence[int], step: int, q: int, key_of: Callable[[int], int]
 ) -> list[int]:
@@ -99,7 +119,8 @@ def _uncapped_small(
     for count, i in enumerate(order, start=1):
         score = scores[i]
         prefix += score
-        # The threshold t_k = (prefix_k - step*q) / k is valid while the k-th score is above it.
+        # The threshold t_k = (prefix_k - step*q) / k is valid while the k-th score is above
+        # it; once it fails it fails for every later k (what ``allocate_uncapped`` relies on).
         if count * score > prefix - budget:
             active, active_sum = count, prefix
         else:
@@ -113,8 +134,6 @@ def _uncapped_small(
         taken = (active * scores[i] - numerator) // divisor
         shares[i] = taken
         given += taken
-    # Fewer than `active` shares remain; each goes to a different account with the largest
-    # residual slot, and every floor slot strictly beats every residual slot.
     leftover = q - given
     if leftover:
         # Every active account's residual slot is at least t, so only slots above t - step
@@ -124,18 +143,37 @@ def _uncapped_small(
             if active * scores[i] <= numerator - divisor:
                 break
             contenders.append(i)
-        # Smaller is better: the negated residual slot of each account.
-        behind = [step * shares[i] - scores[i] for i in contenders]
-        cut = sorted(behind)[leftover - 1]
-        winners = [i for i, slot in zip(contenders, behind, strict=True) if slot < cut]
-        tied = [i for i, slot in zip(contenders, behind, strict=True) if slot == cut]
-        wanted = leftover - len(winners)
-        if len(tied) > wanted:
-            # Equal keys (never, short of a hash collision) fall back to account order.
-            tied.sort(key=lambda i: (key_of(i), i))
-        for i in winners + tied[:wanted]:
-            shares[i] += 1
+        _give_remainder(scores, shares, step, contenders, leftover, key_of)
     return shares
+
+
+def _give_remainder(
+    scores: Sequence[int],
+    shares: list[int],
+    step: int,
+    contenders: Sequence[int],
+    leftover: int,
+    key_of: Callable[[int], int],
+) -> None:
+    """Give the ``leftover`` shares (fewer than the contenders) after the floors in ``shares``:
+    each to a different contender with the largest residual slot; every floor slot strictly
+    beats every residual slot, and only the contenders' residual slots can win."""
+    # Smaller is better: the negated residual slot of each account.
+    behind = [step * shares[i] - scores[i] for i in contenders]
+    ranked = sorted(range(len(contenders)), key=behind.__getitem__)
+    cut = behind[ranked[leftover - 1]]
+    if leftover < len(ranked) and behind[ranked[leftover]] == cut:
+        # The cut falls inside a run of equal slots: those in the run go by tie key, and
+        # equal keys (never, short of a hash collision) by account order.
+        winners = [contenders[j] for j in ranked if behind[j] < cut]
+        tied = sorted(
+            (contenders[j] for j in ranked if behind[j] == cut), key=lambda i: (key_of(i), i)
+        )
+        ranked_winners = winners + tied[: leftover - len(winners)]
+    else:
+        ranked_winners = [contenders[j] for j in ranked[:leftover]]
+    for i in ranked_winners:
+        shares[i] += 1
 
 
 def allocate_vector(

@@ -1,4 +1,5 @@
-"""Selection among tied accounts: ``smallest_by`` picks what a full stable sort would."""
+"""The exact water-fill: ``allocate_uncapped`` takes the best slots, and selection among tied
+accounts (``smallest_by``) picks what a full stable sort would."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import numpy.typing as npt
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controller.waterfill import SAMPLE, smallest_by
+from controller.waterfill import SAMPLE, allocate_small, allocate_uncapped, smallest_by
 
 
 def stable_first(columns: list[npt.NDArray[np.int64]], count: int) -> set[int]:
@@ -59,3 +60,42 @@ def test_smallest_by_takes_the_first_of_a_stable_sort(
     assert set(chosen.tolist()) == stable_first(columns, count)
     # A later key is only computed for the items still tied where the cut falls.
     assert asked == sorted(asked, reverse=True)
+
+
+def best_slots_one_at_a_time(scores: list[int], step: int, q: int, keys: list[int]) -> list[int]:
+    """The unit greedy the water-fill must equal: q times, the best next slot (largest value,
+    then smallest tie key, then smallest index)."""
+    shares = [0] * len(scores)
+    for _ in range(q):
+        best = max(range(len(scores)), key=lambda i: (scores[i] - step * shares[i], -keys[i], -i))
+        shares[best] += 1
+    return shares
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.integers(-6, 6), min_size=1, max_size=12),
+    st.integers(1, 9),
+    st.integers(1, 80),
+    st.integers(1, 40),
+    st.data(),
+)
+def test_allocate_uncapped_takes_the_best_slots_one_at_a_time(
+    coarse: list[int], step: int, q: int, spread: int, data: st.DataObject
+) -> None:
+    # Scores on a coarse grid tie often, with each other and with later slots; a wide spread
+    # leaves accounts below the threshold, a narrow one keeps them all above it.
+    scores = [value * spread for value in coarse]
+    keys = data.draw(st.lists(st.integers(0, 3), min_size=len(scores), max_size=len(scores)))
+    asked: list[int] = []
+
+    def key_of(i: int) -> int:
+        asked.append(i)
+        return keys[i]
+
+    shares = allocate_uncapped(scores, step, q, key_of)
+    assert shares == best_slots_one_at_a_time(scores, step, q, keys)
+    assert shares == allocate_small(scores, [q] * len(scores), step, q, keys.__getitem__)
+    # Keys are asked only when more accounts tie at the cut than shares remain there.
+    if len(set(scores)) == len(scores) and len({s % step for s in scores}) == len(scores):
+        assert not asked
