@@ -9,6 +9,7 @@ Limits (documented in the README and the proto comments):
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 
@@ -79,30 +80,39 @@ def require_fill_id(fill_id: str, field: str) -> str:
     return fill_id
 
 
+# Prices repeat (an order is filled in many prints at a few prices): their parse is looked up.
+_price_micro = functools.lru_cache(maxsize=4096)(parse_micro)
+
+
 def parse_fill(message: allocation_pb2.Fill, tickers: Sequence[str], field: str = "fill") -> Fill:
     """Validate a wire fill and convert it; raises ``Rejected`` naming the first bad field."""
-    require_fill_id(message.fill_id, f"{field}.fill_id")
-    if message.ticker not in tickers:
+    # Each read of a message field makes a new Python object: every field is read once.
+    fill_id, ticker, text, quantity = (
+        message.fill_id,
+        message.ticker,
+        message.price,
+        message.quantity,
+    )
+    require_fill_id(fill_id, f"{field}.fill_id")
+    if ticker not in tickers:
         raise _invalid(
             f"{field}.ticker",
-            f"{field}.ticker {shown(message.ticker)} is not in the universe {', '.join(tickers)}",
+            f"{field}.ticker {shown(ticker)} is not in the universe {', '.join(tickers)}",
         )
     try:
-        price = parse_micro(message.price)
+        price = _price_micro(text)
     except InvalidDecimal:
         raise _invalid(
             f"{field}.price",
-            f"{field}.price {shown(message.price)} must be a plain decimal such as '101.25'"
+            f"{field}.price {shown(text)} must be a plain decimal such as '101.25'"
             " with at most 6 decimal places",
         ) from None
     if not 0 < price <= MAX_PRICE:
-        raise _invalid(
-            f"{field}.price", f"{field}.price {shown(message.price)} must be > 0 and <= 1000000"
-        )
-    if not 0 < message.quantity <= MAX_QUANTITY:
+        raise _invalid(f"{field}.price", f"{field}.price {shown(text)} must be > 0 and <= 1000000")
+    if not 0 < quantity <= MAX_QUANTITY:
         raise _invalid(
             f"{field}.quantity",
-            f"{field}.quantity {message.quantity} must be between 1 and {MAX_QUANTITY}",
+            f"{field}.quantity {quantity} must be between 1 and {MAX_QUANTITY}",
         )
     side = _SIDES.get(message.side)
     if side is None:
@@ -111,12 +121,12 @@ def parse_fill(message: allocation_pb2.Fill, tickers: Sequence[str], field: str 
             f"{field}.side {_side_name(message.side)} must be SIDE_BUY or SIDE_SELL",
         )
     return Fill(
-        fill_id=message.fill_id,
-        ticker=message.ticker,
-        price=price,
-        quantity=message.quantity,
-        side=side,
-        execute_time_ns=(
+        fill_id,
+        ticker,
+        price,
+        quantity,
+        side,
+        (
             timestamp_ns(message.execute_time, f"{field}.execute_time")
             if message.HasField("execute_time")
             else None
