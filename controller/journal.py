@@ -20,6 +20,7 @@ import argparse
 import json
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
@@ -392,6 +393,33 @@ class ExecuteMany(Protocol):
         """Run ``query`` once per row."""
 
 
+# Rows one INSERT statement writes at most. Python's sqlite3 releases the GIL around every step
+# of a statement, and getting it back from a busy thread can take the whole switch interval
+# (5 ms): one statement per row made a 400-row commit wait for the GIL hundreds of times.
+ROWS_PER_INSERT = 256
+
+
+def insert_rows(
+    executemany: ExecuteMany,
+    insert: str,
+    row_marks: str,
+    rows: Sequence[Sequence[object]],
+    suffix: str = "",
+) -> None:
+    """``insert`` (``INSERT INTO t (columns) VALUES ``) of every row, then ``suffix`` (an
+    ``ON CONFLICT`` clause), many rows per statement: chunks of ``ROWS_PER_INSERT`` and powers
+    of two below it, so that few statement texts exist and each is prepared once
+    (``row_marks`` is one row's ``(?, ?, ...)``)."""
+    start = 0
+    while start < len(rows):
+        size = min(ROWS_PER_INSERT, 1 << ((len(rows) - start).bit_length() - 1))
+        chunk = rows[start : start + size]
+        executemany(
+            insert + ", ".join([row_marks] * size) + suffix, [list(chain.from_iterable(chunk))]
+        )
+        start += size
+
+
 def write_batch(
     executemany: ExecuteMany, mark: str, batch: JournalBatch, counters: Counters
 ) -> None:
@@ -402,8 +430,10 @@ def write_batch(
         return ", ".join([mark] * count)
 
     recorded = batch.recorded_ns
-    executemany(
-        f"INSERT INTO fills ({FILL_COLUMNS}, recorded_ns) VALUES ({values(13)})",
+    insert_rows(
+        executemany,
+        f"INSERT INTO fills ({FILL_COLUMNS}, recorded_ns) VALUES ",
+        f"({values(13)})",
         [fill_row(stored, recorded) for stored in batch.new_fills],
     )
     executemany(
@@ -420,11 +450,16 @@ def write_batch(
         [restrictions_row(r, recorded) for r in batch.restrictions],
     )
     as_of = batch.checkpoint_as_of
-    executemany(
-        f"INSERT INTO positions (account, ticker, quantity, value, as_of) VALUES ({values(5)})"
+    # One statement may not upsert a row twice (PostgreSQL refuses): a pair met twice in this
+    # batch (a new round queued behind the rest of the last) holds the same values both times.
+    checkpoint = {(r.account, r.ticker): r for r in batch.checkpoint}
+    insert_rows(
+        executemany,
+        "INSERT INTO positions (account, ticker, quantity, value, as_of) VALUES ",
+        f"({values(5)})",
+        [(r.account, r.ticker, r.quantity, r.value, as_of) for r in checkpoint.values()],
         " ON CONFLICT (account, ticker) DO UPDATE SET"
         " quantity = excluded.quantity, value = excluded.value, as_of = excluded.as_of",
-        [(r.account, r.ticker, r.quantity, r.value, as_of) for r in batch.checkpoint],
     )
     executemany(
         f"INSERT INTO last_prices (ticker, price) VALUES ({values(2)})"

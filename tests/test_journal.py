@@ -11,7 +11,7 @@ import pytest
 
 from benchmarks.postgres import PostgresServer
 from controller.book import Book
-from controller.domain import Fill, Side, Split
+from controller.domain import Fill, Rejected, Side, Split
 from controller.journal import JournalDamaged, JournalPolicyError, JournalVersionError
 from controller.journal_postgres import PostgresJournal
 from controller.journal_sqlite import SqliteJournal
@@ -83,6 +83,54 @@ def test_recovered_book_equals_the_book_that_wrote_the_journal(
     reader.stop()
     writer.stop()
     writer_journal.close()
+
+
+@both_backends
+def test_a_message_of_many_fills_is_journaled_whole_in_one_commit(
+    journal_backend: JournalBackend,
+) -> None:
+    """600 fills in one commit: rows go many per statement, in chunks of every size."""
+    writer_journal = journal_backend.open()
+    writer = Sequencer(Book(TICKERS), writer_journal)
+    writer.start()
+    writer.set_split(Split("s1", {"a": 50_000_000, "b": 30_000_000, "c": 20_000_000}))
+    fills: list[Fill | Rejected] = [
+        Fill(f"many-{n}", TICKERS[n % 3], 1_000_000 + n, 1 + n % 5) for n in range(600)
+    ]
+    outcomes = writer.submit_fills(fills)
+    expected = writer.snapshot()[0]
+    writer.stop()
+    writer_journal.close()
+    reader = Sequencer(Book(TICKERS), journal_backend.open())
+    assert reader.counters.fill_count == 600
+    reader.start()
+    assert reader.snapshot()[0] == expected
+    for outcome in outcomes:
+        assert outcome.stored is not None
+        assert reader.lookup(outcome.stored.allocation.fill.fill_id) == outcome.stored
+    reader.stop()
+
+
+@both_backends
+def test_a_final_checkpoint_behind_an_unfinished_round_writes_each_position_once(
+    journal_backend: JournalBackend,
+) -> None:
+    """One row per commit: the round the first fill started still holds account c when the
+    stop's final round queues a, b and c again, so one commit meets c twice."""
+    writer_journal = journal_backend.open()
+    writer = Sequencer(Book(TICKERS), writer_journal, checkpoint_interval=0.0, checkpoint_rows=1)
+    writer.start()
+    writer.set_split(Split("s1", {"a": 50_000_000, "b": 30_000_000, "c": 20_000_000}))
+    for n in range(2):
+        assert writer.submit_fills([Fill(f"twice-{n}", "AAPL", 1_000_000, 10)])[0].stored
+    expected = writer.snapshot()[0]
+    writer.stop()
+    writer_journal.close()
+    reader = Sequencer(Book(TICKERS), journal_backend.open())
+    assert reader.counters.checkpoint_sequence == reader.counters.next_sequence - 1
+    reader.start()
+    assert reader.snapshot()[0] == expected
+    reader.stop()
 
 
 @both_backends
