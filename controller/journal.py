@@ -461,15 +461,19 @@ def write_batch(
         " ON CONFLICT (account, ticker) DO UPDATE SET"
         " quantity = excluded.quantity, value = excluded.value, as_of = excluded.as_of",
     )
-    executemany(
-        f"INSERT INTO last_prices (ticker, price) VALUES ({values(2)})"
-        " ON CONFLICT (ticker) DO UPDATE SET price = excluded.price",
+    insert_rows(
+        executemany,
+        "INSERT INTO last_prices (ticker, price) VALUES ",
+        f"({values(2)})",
         list(batch.checkpoint_prices.items()),
+        " ON CONFLICT (ticker) DO UPDATE SET price = excluded.price",
     )
-    executemany(
-        f"INSERT INTO counters (name, value) VALUES ({values(2)})"
-        " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+    insert_rows(
+        executemany,
+        "INSERT INTO counters (name, value) VALUES ",
+        f"({values(2)})",
         counter_rows(counters),
+        " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
     )
 
 
