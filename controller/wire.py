@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -52,11 +53,15 @@ def fill_result_bound(item: Fill | Rejected, bound: ReceiverBound) -> int:
     )
 
 
+# Fills repeat a few prices (see controller.validation): their text is looked up.
+_price_text = functools.lru_cache(maxsize=4096)(format_micro)
+
+
 def write_fill(target: allocation_pb2.Fill, fill: Fill) -> None:
     """Fill ``target`` with the accepted fill (price normalised, side explicit)."""
     target.fill_id = fill.fill_id
     target.ticker = fill.ticker
-    target.price = format_micro(fill.price)
+    target.price = _price_text(fill.price)
     target.quantity = fill.quantity
     target.side = allocation_pb2.SIDE_SELL if fill.side is Side.SELL else allocation_pb2.SIDE_BUY
     if fill.execute_time_ns is not None:
