@@ -397,6 +397,10 @@ class ExecuteMany(Protocol):
 # of a statement, and getting it back from a busy thread can take the whole switch interval
 # (5 ms): one statement per row made a 400-row commit wait for the GIL hundreds of times.
 ROWS_PER_INSERT = 256
+# Below ROWS_PER_INSERT a chunk is a multiple of this many rows, then the rest: at most
+# 256 / 16 + 15 = 31 statement texts per table, each prepared once and then cached (preparing a
+# 300-row statement afresh doubled its cost), and at most two statements below 256 rows.
+ROW_GRANULE = 16
 
 
 def insert_rows(
@@ -407,12 +411,11 @@ def insert_rows(
     suffix: str = "",
 ) -> None:
     """``insert`` (``INSERT INTO t (columns) VALUES ``) of every row, then ``suffix`` (an
-    ``ON CONFLICT`` clause), many rows per statement: chunks of ``ROWS_PER_INSERT`` and powers
-    of two below it, so that few statement texts exist and each is prepared once
-    (``row_marks`` is one row's ``(?, ?, ...)``)."""
+    ``ON CONFLICT`` clause), many rows per statement (``row_marks`` is one row's ``(?, ...)``)."""
     start = 0
     while start < len(rows):
-        size = min(ROWS_PER_INSERT, 1 << ((len(rows) - start).bit_length() - 1))
+        left = len(rows) - start
+        size = min(ROWS_PER_INSERT, left if left < ROW_GRANULE else left - left % ROW_GRANULE)
         chunk = rows[start : start + size]
         executemany(
             insert + ", ".join([row_marks] * size) + suffix, [list(chain.from_iterable(chunk))]
