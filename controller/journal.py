@@ -409,9 +409,14 @@ def insert_rows(
     row_marks: str,
     rows: Sequence[Sequence[object]],
     suffix: str = "",
+    many_per_statement: bool = True,
 ) -> None:
     """``insert`` (``INSERT INTO t (columns) VALUES ``) of every row, then ``suffix`` (an
-    ``ON CONFLICT`` clause), many rows per statement (``row_marks`` is one row's ``(?, ...)``)."""
+    ``ON CONFLICT`` clause), many rows per statement unless ``many_per_statement`` is off
+    (``row_marks`` is one row's ``(?, ...)``)."""
+    if not many_per_statement:
+        executemany(insert + row_marks + suffix, rows)
+        return
     start = 0
     while start < len(rows):
         left = len(rows) - start
@@ -424,10 +429,15 @@ def insert_rows(
 
 
 def write_batch(
-    executemany: ExecuteMany, mark: str, batch: JournalBatch, counters: Counters
+    executemany: ExecuteMany,
+    mark: str,
+    batch: JournalBatch,
+    counters: Counters,
+    many_per_statement: bool = True,
 ) -> None:
     """Every row of one group and the counters, inside the caller's transaction (``mark`` as for
-    ``recover_journal``; the upserts are the SQL both SQLite and PostgreSQL understand)."""
+    ``recover_journal``; the upserts are the SQL both SQLite and PostgreSQL understand), many
+    rows per INSERT statement unless ``many_per_statement`` is off (see ``insert_rows``)."""
 
     def values(count: int) -> str:
         return ", ".join([mark] * count)
@@ -438,6 +448,7 @@ def write_batch(
         f"INSERT INTO fills ({FILL_COLUMNS}, recorded_ns) VALUES ",
         f"({values(13)})",
         [fill_row(stored, recorded) for stored in batch.new_fills],
+        many_per_statement=many_per_statement,
     )
     executemany(
         f"UPDATE fills SET split_id = {mark}, accounts = {mark}, quantities = {mark},"
@@ -463,6 +474,7 @@ def write_batch(
         [(r.account, r.ticker, r.quantity, r.value, as_of) for r in checkpoint.values()],
         " ON CONFLICT (account, ticker) DO UPDATE SET"
         " quantity = excluded.quantity, value = excluded.value, as_of = excluded.as_of",
+        many_per_statement,
     )
     insert_rows(
         executemany,
@@ -470,6 +482,7 @@ def write_batch(
         f"({values(2)})",
         list(batch.checkpoint_prices.items()),
         " ON CONFLICT (ticker) DO UPDATE SET price = excluded.price",
+        many_per_statement,
     )
     insert_rows(
         executemany,
@@ -477,6 +490,7 @@ def write_batch(
         f"({values(2)})",
         counter_rows(counters),
         " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        many_per_statement,
     )
 
 

@@ -218,4 +218,7 @@ class PostgresJournal:
                     f"leadership epoch {self._epoch} ended: epoch {epoch} leads"
                     f" (at {address or 'an unknown address'})"
                 )
-            write_batch(cursor.executemany, "%s", batch, counters)
+            # psycopg pipelines an executemany's rows into one round trip: a row per statement
+            # is faster here (256-row statements measured 8 % fewer durable fills/s), unlike
+            # SQLite (see insert_rows).
+            write_batch(cursor.executemany, "%s", batch, counters, many_per_statement=False)
