@@ -464,14 +464,11 @@ def write_batch(
         [restrictions_row(r, recorded) for r in batch.restrictions],
     )
     as_of = batch.checkpoint_as_of
-    # One statement may not upsert a row twice (PostgreSQL refuses): a pair met twice in this
-    # batch (a new round queued behind the rest of the last) holds the same values both times.
-    checkpoint = {(r.account, r.ticker): r for r in batch.checkpoint}
     insert_rows(
         executemany,
         "INSERT INTO positions (account, ticker, quantity, value, as_of) VALUES ",
         f"({values(5)})",
-        [(r.account, r.ticker, r.quantity, r.value, as_of) for r in checkpoint.values()],
+        [(r.account, r.ticker, r.quantity, r.value, as_of) for r in batch.checkpoint],
         " ON CONFLICT (account, ticker) DO UPDATE SET"
         " quantity = excluded.quantity, value = excluded.value, as_of = excluded.as_of",
         many_per_statement,

@@ -116,7 +116,8 @@ def test_a_final_checkpoint_behind_an_unfinished_round_writes_each_position_once
     journal_backend: JournalBackend,
 ) -> None:
     """One row per commit: the round the first fill started still holds account c when the
-    stop's final round queues a, b and c again, so one commit meets c twice."""
+    stop's final round queues a, b and c again, so one commit meets c twice (which one
+    PostgreSQL statement may not upsert: many rows per statement would fail there)."""
     writer_journal = journal_backend.open()
     writer = Sequencer(Book(TICKERS), writer_journal, checkpoint_interval=0.0, checkpoint_rows=1)
     writer.start()
