@@ -471,7 +471,7 @@ def write_batch(
         [(r.account, r.ticker, r.quantity, r.value, as_of) for r in batch.checkpoint],
         " ON CONFLICT (account, ticker) DO UPDATE SET"
         " quantity = excluded.quantity, value = excluded.value, as_of = excluded.as_of",
-        many_per_statement,
+        many_per_statement=many_per_statement,
     )
     insert_rows(
         executemany,
@@ -479,7 +479,7 @@ def write_batch(
         f"({values(2)})",
         list(batch.checkpoint_prices.items()),
         " ON CONFLICT (ticker) DO UPDATE SET price = excluded.price",
-        many_per_statement,
+        many_per_statement=many_per_statement,
     )
     insert_rows(
         executemany,
@@ -487,7 +487,7 @@ def write_batch(
         f"({values(2)})",
         counter_rows(counters),
         " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-        many_per_statement,
+        many_per_statement=many_per_statement,
     )
 
 

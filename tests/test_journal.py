@@ -89,7 +89,7 @@ def test_recovered_book_equals_the_book_that_wrote_the_journal(
 def test_a_message_of_many_fills_is_journaled_whole_in_one_commit(
     journal_backend: JournalBackend,
 ) -> None:
-    """600 fills in one commit: rows go many per statement, in chunks of every size."""
+    """600 fills in one commit: on SQLite many rows per statement, in chunks of every size."""
     writer_journal = journal_backend.open()
     writer = Sequencer(Book(TICKERS), writer_journal)
     writer.start()
@@ -112,7 +112,7 @@ def test_a_message_of_many_fills_is_journaled_whole_in_one_commit(
 
 
 @both_backends
-def test_a_final_checkpoint_behind_an_unfinished_round_writes_each_position_once(
+def test_a_final_checkpoint_behind_an_unfinished_round_commits_and_recovers_the_book(
     journal_backend: JournalBackend,
 ) -> None:
     """One row per commit: the round the first fill started still holds account c when the
