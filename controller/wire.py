@@ -43,8 +43,15 @@ def fill_result_bound(item: Fill | Rejected, bound: ReceiverBound) -> int:
     allocation names at most ``bound.accounts`` accounts of at most ``bound.longest_name``
     characters (ids and names are ASCII, validated)."""
     if isinstance(item, Rejected):
-        # The echoed fill id is cut to FILL_ID_MAX (see controller.service._write_result).
-        return _REJECTION_FIXED + 2 * len(item.message) + len(item.field) + 2 * FILL_ID_MAX
+        # The echoed fill id is cut to FILL_ID_MAX characters (see
+        # controller.service._write_result) but may be any text: up to 4 UTF-8 bytes each. The
+        # message and field can echo such text too, so theirs are counted in bytes.
+        return (
+            _REJECTION_FIXED
+            + len(item.message.encode())
+            + len(item.field.encode())
+            + 4 * FILL_ID_MAX
+        )
     return (
         _FILL_RESULT_FIXED
         + 3 * len(item.fill_id)

@@ -7,7 +7,7 @@ from decimal import Decimal
 
 import grpc
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from allocation.v1 import allocation_pb2, controller_service_pb2
@@ -173,6 +173,8 @@ def test_the_acknowledgement_bound_is_never_exceeded(
 
 @settings(max_examples=100, deadline=None)
 @given(message=st.text(max_size=400), field=st.text(max_size=60), sent_id=st.text(max_size=400))
+# Every character 4 bytes in UTF-8, the longest echoed id: what a character count misses.
+@example(message="\U00010000" * 40, field="\U00010000" * 40, sent_id="\U00010000" * 400)
 def test_the_bound_of_a_rejected_fill_covers_its_result(
     message: str, field: str, sent_id: str
 ) -> None:
