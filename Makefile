@@ -6,6 +6,9 @@ BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 STAMP  := $(VENV)/.installed
 PROTOS := $(wildcard protos/allocation/v1/*.proto)
+# The engine's modules compiled with mypyc (controller.native; listed in controller.compiled).
+NATIVE := controller/native.json
+NATIVE_SOURCES := $(addprefix controller/,domain.py waterfill.py book.py lots.py)
 # The released contract: `buf breaking` checks every change against it, so v1 only grows.
 RELEASED := released/allocation-v1.json
 
@@ -41,7 +44,7 @@ export FILLS_SECURITY := $(call client_tls,venue-1)
 RUN_NEEDS := $(CERTS)/ca.pem
 endif
 
-.PHONY: all venv protos check-protos lint test run bench clean release-contract certs
+.PHONY: all venv native protos check-protos lint test run bench clean release-contract certs
 
 all: test
 
@@ -53,6 +56,14 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 venv: $(STAMP)
+
+# Rebuilt whenever a compiled module's source changes (importing a build that no longer matches
+# its sources fails, so it is removed first); without a C compiler the engine runs from source.
+$(NATIVE): $(STAMP) $(NATIVE_SOURCES) controller/native.py controller/compiled.py
+	rm -f controller/*.so
+	$(PY) -m controller.native
+
+native: $(NATIVE)
 
 # Regenerates the committed stubs: messages, gRPC services and typed .pyi stubs (mypy-protobuf).
 protos: $(STAMP)
@@ -77,10 +88,10 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: check-protos lint
+test: check-protos lint $(NATIVE)
 	$(BIN)/pytest -q
 
-run: $(STAMP) $(RUN_NEEDS)
+run: $(STAMP) $(NATIVE) $(RUN_NEEDS)
 	$(BIN)/honcho -f Procfile start
 
 # A throwaway CA, certificates for every program and a reader/admin, and their policy.
@@ -94,9 +105,9 @@ $(CERTS)/ca.pem: | $(STAMP)
 release-contract: $(STAMP)
 	cd protos && ../$(BIN)/buf build --exclude-source-info -o $(RELEASED)
 
-bench: $(STAMP)
+bench: $(STAMP) $(NATIVE)
 	$(PY) -m benchmarks
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis build *.egg-info
+	rm -rf $(VENV) var controller/*.so $(NATIVE) .pytest_cache .mypy_cache .ruff_cache .hypothesis build *.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks import audit, cliffs, dashboard, engine, large, replication, system
+from controller.compiled import is_compiled
 from controller.policy import POLICIES
 
 RESULTS = Path(__file__).parent / "results"
@@ -181,6 +182,11 @@ def main() -> None:
     args = parser.parse_args()
     console = Console(width=max(Console().width, 150))
     RESULTS.mkdir(exist_ok=True)
+    # Every figure depends on it: the compiled engine takes about a quarter less time per fill.
+    console.print(
+        "engine: "
+        + ("compiled (mypyc, `make native`)" if is_compiled() else "pure Python (not compiled)")
+    )
     if args.which in ("engine", "all"):
         result = run_engine(console, args.quick)
         (RESULTS / "engine.json").write_text(json.dumps(result, indent=2) + "\n")

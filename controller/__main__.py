@@ -25,6 +25,7 @@ from allocation.v1 import controller_service_pb2_grpc
 from controller.audit import cli as audit
 from controller.authorization import AuthPolicy, PolicyError
 from controller.book import Book
+from controller.compiled import is_compiled
 from controller.gate import LeaderGate
 from controller.journal import (
     JournalDamaged,
@@ -376,7 +377,15 @@ def run_alone(
     server.start()
     term.reporter.start()
     set_serving(health, [CONTROLLER_SERVICE])
-    log.info("listening", extra={"port": port, "host": args.host, "tickers": list(args.tickers)})
+    log.info(
+        "listening",
+        extra={
+            "port": port,
+            "host": args.host,
+            "tickers": list(args.tickers),
+            "engine": "compiled" if is_compiled() else "interpreted",
+        },
+    )
     signum = wait_for_signal(writer_failed)
     failed = signum is None
     # At once: health says NOT_SERVING and new requests are answered UNAVAILABLE; requests
