@@ -31,10 +31,13 @@ def sources_digest() -> str:
 
 def compiled_files() -> list[Path]:
     """The compiled extensions in the package that this interpreter would import."""
+    # The suffixes overlap (".cpython-311-x86_64-linux-gnu.so" also ends in ".so"): a set.
     return sorted(
-        path
-        for suffix in importlib.machinery.EXTENSION_SUFFIXES
-        for path in PACKAGE.glob(f"*{suffix}")
+        {
+            path
+            for suffix in importlib.machinery.EXTENSION_SUFFIXES
+            for path in PACKAGE.glob(f"*{suffix}")
+        }
     )
 
 

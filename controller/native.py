@@ -30,14 +30,18 @@ def remove_build() -> None:
     MANIFEST.unlink(missing_ok=True)
 
 
+def _not_compiled(note: str) -> str:
+    """Record why the engine runs from source (so make does not retry until a source changes)."""
+    MANIFEST.write_text(json.dumps({"compiled": False, "reason": note}) + "\n")
+    return note
+
+
 def build() -> str:
     """Compile ``MODULES`` in place and record their digest; returns what happened."""
     remove_build()
     compiler = os.environ.get("CC", "cc")
     if shutil.which(compiler) is None:
-        note = f"no C compiler ({compiler}) found: the engine runs as pure Python"
-        MANIFEST.write_text(json.dumps({"compiled": False, "reason": note}) + "\n")
-        return note
+        return _not_compiled(f"no C compiler ({compiler}) found: the engine runs as pure Python")
     root = PACKAGE.parent
     paths = [str((PACKAGE / f"{name}.py").relative_to(root)) for name in MODULES]
     with tempfile.TemporaryDirectory(prefix="controller-native-") as build_dir:
@@ -59,8 +63,7 @@ def build() -> str:
         )
     if result.returncode != 0:
         remove_build()
-        note = "mypyc could not compile the engine; it runs as pure Python"
-        MANIFEST.write_text(json.dumps({"compiled": False, "reason": note}) + "\n")
+        note = _not_compiled("mypyc could not compile the engine; it runs as pure Python")
         return f"{note}:\n{result.stdout}{result.stderr}"
     MANIFEST.write_text(
         json.dumps({"compiled": True, "sources_sha256": sources_digest()}, indent=2) + "\n"

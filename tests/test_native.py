@@ -68,6 +68,7 @@ def test_a_build_is_stale_once_a_compiled_source_changes(
     package = _fake_package(tmp_path, monkeypatch)
     assert stale_modules() == [], "no compiled files: the source runs, nothing is stale"
     (package / f"book{importlib.machinery.EXTENSION_SUFFIXES[0]}").touch()
+    assert len(compiled.compiled_files()) == 1, "overlapping suffixes list a file once"
     assert stale_modules() == [f"controller.{name}" for name in compiled.MODULES], "no manifest"
     compiled.MANIFEST.write_text(json.dumps({"sources_sha256": sources_digest()}))
     assert stale_modules() == []
