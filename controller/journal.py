@@ -170,7 +170,7 @@ class JournalBatch:
 
 class JournalStore(Protocol):
     """What the sequencer and the controller's main need of a journal; all methods are called
-    from the single writer thread (or before it starts)."""
+    by one thread at a time: whichever holds the sequencer's writer turn (or before it starts)."""
 
     journal_id: str
     """Made when the journal was created; reports carry it."""

@@ -152,8 +152,8 @@ def prepare(db: psycopg.Connection[Any], target: PostgresTarget, policy: str) ->
 
 
 class PostgresJournal:
-    """PostgreSQL journal written under leadership ``epoch``; methods are called from the
-    single writer thread."""
+    """PostgreSQL journal written under leadership ``epoch``; methods are called by one
+    thread at a time (the holder of the sequencer's writer turn)."""
 
     def __init__(
         self, target: PostgresTarget, epoch: int, synchronous: str = "FULL", policy: str = ""

@@ -186,7 +186,8 @@ _SCRIPTS = {
 
 
 class SqliteJournal:
-    """SQLite journal; all methods must be called from the single writer thread."""
+    """SQLite journal; all methods are called by one thread at a time (the holder of the
+    sequencer's writer turn), hence a connection shared across threads."""
 
     def __init__(
         self,

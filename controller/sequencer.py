@@ -4,6 +4,11 @@ Request handlers (any number of threads) validate their input, hand it to ``Sequ
 block on a future. The writer thread takes everything queued, applies it to the book in queue
 order, writes it to the journal in one transaction, commits, and only then completes the
 futures: an acknowledgement always means durable, and one commit serves many requests.
+
+One thread at a time holds the writer's turn. A blocking call that finds the queue empty and
+the turn free takes the turn and applies its own request on its own thread: an idle controller
+then answers without two thread wake-ups (about 0.1 ms of a 1.3 ms SubmitFill at 500/s, and
+more of its p99). Streams never do, so that they keep reading while the writer commits.
 """
 
 from __future__ import annotations
@@ -134,6 +139,8 @@ class Sequencer:
         self._recent_restrictions: dict[str, StoredRestrictions] = {}
         self._queue: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
         self._intake = threading.Lock()
+        # Held while applying and committing a group, by the writer thread or by a caller.
+        self._turn = threading.Lock()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="sequencer", daemon=True)
         self._failure: BaseException | None = None
@@ -169,7 +176,7 @@ class Sequencer:
         self, items: list[Fill | Rejected], admit: Admission | None = None
     ) -> list[FillOutcome]:
         """Apply validated fills in order (validation failures pass through as rejections)."""
-        return self.submit_fills_later(items, admit).result()
+        return self._call(lambda batch: self._apply_fills(items, batch, admit), writes=True)
 
     def submit_fills_later(
         self, items: list[Fill | Rejected], admit: Admission | None = None
@@ -218,18 +225,40 @@ class Sequencer:
         return self._call(lambda _: self._journal.find_fills([fill_id]).get(fill_id), False)
 
     def _call(self, apply: Callable[[JournalBatch], T], writes: bool) -> T:
-        return self._enqueue(apply, writes).result()
+        return self._enqueue(apply, writes, inline=True).result()
 
-    def _enqueue(self, apply: Callable[[JournalBatch], T], writes: bool) -> Future[T]:
-        future: Future[T] = Future()
-        # Under the intake lock, so that nothing is queued after a failure drained the queue.
+    def _enqueue(
+        self, apply: Callable[[JournalBatch], T], writes: bool, inline: bool = False
+    ) -> Future[T]:
+        """Queue ``apply``; with ``inline``, apply it on this thread instead when nothing is
+        queued and no one holds the writer's turn."""
+        request = _Request(apply, Future(), writes)
+        # Under the intake lock, so that nothing is queued after a failure drained the queue,
+        # and no turn is taken once stop() queued the final checkpoint behind it.
         with self._intake:
             if self._failure is not None:
                 raise SequencerStopped(f"the controller's journal failed: {self._failure}")
             if self._closed or not self._thread.is_alive():
                 raise SequencerStopped("the controller is shutting down")
-            self._queue.put(_Request(apply, future, writes))
-        return future
+            took_turn = inline and self._queue.empty() and self._turn.acquire(blocking=False)
+            if not took_turn:
+                self._queue.put(request)
+        if took_turn:
+            try:
+                self._take_turn([request])
+            finally:
+                self._turn.release()
+        return request.future
+
+    def _take_turn(self, group: list[_Request]) -> None:
+        """Apply and commit ``group`` (the caller holds the turn); a fault stops the writer."""
+        if self._failure is not None:
+            self._fail_all(group)
+            return
+        try:
+            self._process(group)
+        except BaseException as error:
+            self._fail(error, group)
 
     def _run(self) -> None:
         while True:
@@ -247,10 +276,8 @@ class Sequencer:
                     stopping = True
                     break
                 group.append(item)
-            try:
-                self._process(group)
-            except BaseException as error:
-                self._fail(error, group)
+            with self._turn:
+                self._take_turn(group)
             if stopping or self._failure is not None:
                 return
 
@@ -261,7 +288,16 @@ class Sequencer:
         log.critical("the writer failed; stopping it", exc_info=error)
         with self._intake:
             self._failure = error
-        stopped = SequencerStopped(f"the controller's journal failed: {error}")
+        self._fail_all(group)
+        # Stops the writer thread when a caller's turn failed (and replaces a stop() sentinel
+        # that _fail_all may have drained).
+        self._queue.put(None)
+        if self._on_failure is not None:
+            self._on_failure()
+
+    def _fail_all(self, group: list[_Request]) -> None:
+        """Fail ``group`` and everything queued with the recorded failure."""
+        stopped = SequencerStopped(f"the controller's journal failed: {self._failure}")
         for request in group:
             if not request.future.done():
                 request.future.set_exception(stopped)
@@ -272,8 +308,6 @@ class Sequencer:
                 break
             if queued is not None:
                 queued.future.set_exception(stopped)
-        if self._on_failure is not None:
-            self._on_failure()
 
     def _process(self, group: list[_Request]) -> None:
         batch = JournalBatch()
