@@ -241,10 +241,10 @@ def latency(
     """SubmitFill sent on a fixed schedule of ``rate`` calls/s for ``seconds``, in ``rounds``
     rounds on fresh controllers (on this shared machine one run's p99 swings by half)."""
     p50s, p99s = [], []
-    for round_number in range(rounds):
-        latencies = submit_latencies(
-            workdir / f"latency-{len(link.server_args)}-{round_number}.db", rate, seconds, link
-        )
+    for _ in range(rounds):
+        # A journal of its own: one that earlier rounds or runs wrote would answer duplicates.
+        journal = Path(tempfile.mkdtemp(prefix="latency-", dir=workdir)) / "journal.db"
+        latencies = submit_latencies(journal, rate, seconds, link)
         cuts = statistics.quantiles(latencies, n=100)
         p50s.append(cuts[49] * 1e3)
         p99s.append(cuts[98] * 1e3)
