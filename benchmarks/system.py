@@ -260,7 +260,7 @@ def latency(
 
 
 def submit_latencies(db: Path, rate: float, seconds: float, link: Link) -> list[float]:
-    """Seconds each SubmitFill took, sent to a new controller every ``1 / rate`` s."""
+    """Seconds each SubmitFill took: one call every ``1 / rate`` s to a new controller on ``db``."""
     controller = start_controller(db, 10, link)
     latencies = []
     with open_channel(controller.address, link.client) as channel:
