@@ -5,11 +5,13 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 
 from benchmarks.postgres import PostgresServer
+from controller import journal_sqlite
 from controller.book import Book
 from controller.domain import Fill, Rejected, Side, Split
 from controller.journal import JournalDamaged, JournalPolicyError, JournalVersionError
@@ -299,3 +301,55 @@ def test_a_journal_keeps_the_policy_it_was_created_with(journal_backend: Journal
     )
     assert run.returncode == 2
     assert "start with --policy per-ticker" in run.stderr
+
+
+def wal_generation(wal: Path) -> int:
+    """The checkpoint sequence number in the WAL's header: SQLite adds one each time the WAL
+    starts again from its beginning."""
+    with wal.open("rb") as file:
+        header = file.read(16)
+    return int.from_bytes(header[12:16], "big")
+
+
+def test_the_wal_starts_again_at_every_checkpoint_round_while_commits_never_pause(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pass beside a writer that never pauses leaves its last commits uncopied, and the WAL
+    only starts again once everything in it is copied: it grew without end. Each round's second
+    pass, between two commits, lets the next commit start it again."""
+    monkeypatch.setattr(journal_sqlite, "WAL_CHECKPOINT_SECONDS", 1e9)  # rounds made here
+    journal = SqliteJournal(tmp_path / "journal.db")
+    writer = Sequencer(Book(TICKERS), journal)
+    writer.start()
+    writer.set_split(Split("s1", {"a": 50_000_000, "b": 50_000_000}))
+    committed = threading.Condition()
+    count = 0
+    stopping = threading.Event()
+
+    def commit_without_pause() -> None:
+        nonlocal count
+        while not stopping.is_set():
+            fill = Fill(f"flow-{count}", TICKERS[count % 3], 1_000_000, 10)
+            assert writer.submit_fills([fill])[0].rejection is None
+            with committed:
+                count += 1
+                committed.notify_all()
+
+    def wait_for_commits(total: int) -> None:
+        with committed:
+            assert committed.wait_for(lambda: count >= total, timeout=60)
+
+    flow = threading.Thread(target=commit_without_pause)
+    flow.start()
+    generations = []
+    for _ in range(5):
+        wait_for_commits(count + 50)
+        journal._checkpointer._checkpoint()
+        # Two acknowledgements later, one commit was made wholly after the round.
+        wait_for_commits(count + 2)
+        generations.append(wal_generation(tmp_path / "journal.db-wal"))
+    stopping.set()
+    flow.join()
+    writer.stop()
+    journal.close()
+    assert generations == sorted(set(generations)), generations
