@@ -1,0 +1,4 @@
+"""The test suite (`make test`)."""
+
+# Before any module of the package imports grpc: see controller.grpc_runtime.
+import controller.grpc_runtime  # noqa: F401
