@@ -44,7 +44,8 @@ export FILLS_SECURITY := $(call client_tls,venue-1)
 RUN_NEEDS := $(CERTS)/ca.pem
 endif
 
-.PHONY: all venv native protos check-protos lint test run bench clean release-contract certs
+.PHONY: all venv native protos check-protos lint test run bench clean release-contract certs \
+	screenshot
 
 all: test
 
@@ -107,6 +108,11 @@ release-contract: $(STAMP)
 
 bench: $(STAMP) $(NATIVE)
 	$(PY) -m benchmarks
+
+# Retakes the README's picture, docs/dashboard.png, in the browser test (other runs leave it).
+screenshot: $(STAMP) $(NATIVE)
+	DASHBOARD_SCREENSHOT=$(CURDIR)/docs/dashboard.png $(BIN)/pytest -q tests/test_dashboard.py \
+		-k real_browser
 
 clean:
 	rm -rf $(VENV) var controller/*.so $(NATIVE) .pytest_cache .mypy_cache .ruff_cache .hypothesis build *.egg-info
